@@ -1,0 +1,37 @@
+"""Collects each benchmark's own ns/call so ratios can be checked and printed at the end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+RESULTS: dict[tuple[str, str], float] = {}
+MEMORY: dict[str, float | None] = {}
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not RESULTS:
+        return
+    from hotlimit import _bench
+
+    rows = [
+        _bench.Result(group=g, name=n, role="floor" if n.startswith("floor") else "peer", algorithm="", ns_per_call=v)
+        for (g, n), v in RESULTS.items()
+    ]
+    tr = terminalreporter
+    tr.section("hotlimit: ns per call (min of rounds) and ratios from this run")
+    groups = sorted({r.group for r in rows})
+    for g in groups:
+        floor = RESULTS.get((g, "floor: native no-op(key)"))
+        tr.write_line(g)
+        for r in sorted((r for r in rows if r.group == g), key=lambda r: r.ns_per_call):
+            ratio = f"{r.ns_per_call / floor:7.2f}x floor" if floor else ""
+            tr.write_line(f"  {r.name:<42}{r.ns_per_call:9.1f} ns {ratio}")
+    for name, v in MEMORY.items():
+        tr.write_line(f"memory {name}: {'n/a' if v is None else f'{v:.1f} bytes/key'}")
+
+
+@pytest.fixture(scope="session")
+def results() -> dict[tuple[str, str], float]:
+    return RESULTS

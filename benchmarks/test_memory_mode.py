@@ -1,0 +1,54 @@
+"""Memory mode against the native floor and the peers (limits, throttled-py, token-bucket).
+
+Run: ``pytest benchmarks/ --benchmark-only`` (full) or ``--benchmark-disable`` (smoke: one
+round each, the same assertions)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from benchmarks.conftest import MEMORY, RESULTS
+from hotlimit import _bench
+
+CASES = _bench.cases(n_keys=_bench.N_KEYS)
+
+
+def _loop_ns(case: _bench.Case, calls: int) -> float:
+    t0 = time.perf_counter_ns()
+    _bench._loop(case.fn, case.keys, calls)
+    return (time.perf_counter_ns() - t0) / calls
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.group}|{c.name}" for c in CASES])
+def test_hit(benchmark: Any, case: _bench.Case) -> None:
+    benchmark.group = case.group
+    calls = max(len(case.keys), 20_000)
+    best: list[float] = []
+
+    def run() -> None:
+        best.append(_loop_ns(case, calls))
+
+    benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["ns_per_call"] = min(best)
+    RESULTS[(case.group, case.name)] = min(best)
+
+
+def test_memory_per_key() -> None:
+    for kind, n in (("hotlimit", 1_000_000), ("dict", 1_000_000), ("limits", 100_000)):
+        MEMORY[kind] = _bench.memory_per_key(kind, n)
+    assert MEMORY["hotlimit"] is not None
+    assert MEMORY["hotlimit"] <= 64, f"{MEMORY['hotlimit']:.1f} bytes per key at 1,000,000 keys"
+    assert MEMORY["dict"] is not None and MEMORY["hotlimit"] < MEMORY["dict"]
+
+
+def test_faster_than_every_peer_on_every_workload() -> None:
+    """Same run, same workload: hotlimit's hit() beats each peer of the same algorithm."""
+    peers = [c for c in CASES if c.role == "peer"]
+    assert peers, "the peers are installed (pip install '.[bench]')"
+    for c in peers:
+        ours = RESULTS[(c.group, f"hotlimit {c.algorithm} hit()")]
+        theirs = RESULTS[(c.group, c.name)]
+        assert theirs / ours >= 2, f"{c.group}: {c.name} {theirs:.0f} ns vs hotlimit {ours:.0f} ns"

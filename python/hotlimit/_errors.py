@@ -1,0 +1,56 @@
+"""Exceptions raised by hotlimit.
+
+Everything hotlimit raises on purpose derives from :class:`HotlimitError`. Errors about a bad
+value also derive from the built-in ``ValueError`` or ``TypeError``, so code that already catches
+those keeps working::
+
+    HotlimitError
+    ├── InvalidRateError      (ValueError)  bad rate string, limit, period or burst
+    ├── InvalidArgumentError  (ValueError)  any other bad option or argument (timeout, max_keys, ...)
+    ├── InvalidKeyError       (ValueError)  key too long, or a str that is not valid Unicode
+    ├── KeyTypeError          (TypeError)   key is not str or bytes
+    ├── InvalidCostError      (ValueError)  cost below 1 or above the limiter's capacity
+    └── CostTypeError         (TypeError)   cost is not an int
+
+A denial is never an exception: ``hit`` returns a ``Decision`` whose ``allowed`` is False.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CostTypeError",
+    "HotlimitError",
+    "InvalidArgumentError",
+    "InvalidCostError",
+    "InvalidKeyError",
+    "InvalidRateError",
+    "KeyTypeError",
+]
+
+
+class HotlimitError(Exception):
+    """Base class of every exception hotlimit raises."""
+
+
+class InvalidRateError(HotlimitError, ValueError):
+    """A rate string, limit, period or burst that cannot be used."""
+
+
+class InvalidArgumentError(HotlimitError, ValueError):
+    """An option or argument value that cannot be used."""
+
+
+class InvalidKeyError(HotlimitError, ValueError):
+    """A key that is too long or cannot be encoded."""
+
+
+class KeyTypeError(HotlimitError, TypeError):
+    """A key that is neither str nor bytes."""
+
+
+class InvalidCostError(HotlimitError, ValueError):
+    """A cost below 1, or above what the limiter could ever allow."""
+
+
+class CostTypeError(HotlimitError, TypeError):
+    """A cost that is not an int."""

@@ -1,0 +1,27 @@
+//! What every algorithm answers, and the contract of the algorithms whose whole per-key state
+//! fits one `u64` (GCRA, fixed window, sliding window counter).
+
+/// One decision, times in nanoseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub allowed: bool,
+    /// Units that could still be consumed right after this decision.
+    pub remaining: u64,
+    /// Time until the key's state is back to a fresh key's (the bucket is full again).
+    pub reset_after: u64,
+    /// Time until the same request would be allowed; 0 when allowed.
+    pub retry_after: u64,
+}
+
+/// An algorithm whose per-key state is a single word, updated by compare-and-swap.
+///
+/// The word `0` is the state of a key never seen, for every implementation, so a missing key
+/// and a fresh key are the same thing and the table can drop keys whose word `is_fresh`.
+pub trait WordAlgorithm: Send + Sync + 'static {
+    /// Decides a request of `cost` at `now` against `word`. Returns the outcome and the word to
+    /// store; a denial returns `word` unchanged, so the caller writes nothing.
+    fn step(&self, word: u64, now: u64, cost: u64) -> (Outcome, u64);
+
+    /// True when `word` at `now` behaves exactly like `0` for every future request.
+    fn is_fresh(&self, word: u64, now: u64) -> bool;
+}

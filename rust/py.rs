@@ -1,0 +1,518 @@
+//! The Python classes, and the one place where native errors become Python exceptions.
+//!
+//! Nothing here may panic: inputs are checked before they reach the core, the core's
+//! arithmetic is bounded by those checks, and pyo3 turns any panic that slipped through into a
+//! `PanicException` rather than unwinding into the interpreter.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyString};
+
+use crate::algo::Outcome;
+use crate::clock::Clock;
+use crate::config::{py_float, Algorithm, ConfigError, Options, Params, MAX_KEY_BYTES};
+use crate::log::SlidingLog;
+use crate::table::{self, hash_key, Engine, Full, KeyHash, LogEngine, WordEngine};
+use crate::window::{FixedWindow, SlidingWindow};
+
+pyo3::import_exception!(hotlimit._errors, InvalidRateError);
+pyo3::import_exception!(hotlimit._errors, InvalidArgumentError);
+pyo3::import_exception!(hotlimit._errors, InvalidKeyError);
+pyo3::import_exception!(hotlimit._errors, KeyTypeError);
+pyo3::import_exception!(hotlimit._errors, InvalidCostError);
+pyo3::import_exception!(hotlimit._errors, CostTypeError);
+
+impl From<ConfigError> for PyErr {
+    fn from(e: ConfigError) -> PyErr {
+        match e {
+            ConfigError::Rate(m) => InvalidRateError::new_err(m),
+            ConfigError::Argument(m) => InvalidArgumentError::new_err(m),
+        }
+    }
+}
+
+const NS_PER_S: f64 = 1e9;
+
+fn secs(ns: u64) -> f64 {
+    ns as f64 / NS_PER_S
+}
+
+/// A short, safe rendering of a bad value for an error message.
+fn shown(value: &Bound<'_, PyAny>) -> String {
+    let r = value
+        .repr()
+        .map_or_else(|_| "<unprintable>".to_string(), |r| r.to_string());
+    if r.chars().count() > 60 {
+        let head: String = r.chars().take(57).collect();
+        format!("{head}...")
+    } else {
+        r
+    }
+}
+
+/// The outcome of one rate-limit decision. Immutable; true when the request is allowed.
+///
+/// All durations are in seconds.
+#[pyclass(frozen, eq, module = "hotlimit._native")]
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// True if the request was admitted (and, for `hit`, consumed).
+    #[pyo3(get)]
+    allowed: bool,
+    /// The rate's limit: requests per period.
+    #[pyo3(get)]
+    limit: u64,
+    /// Units that can still be consumed now.
+    #[pyo3(get)]
+    remaining: u64,
+    /// Seconds until the key is back to its full allowance.
+    #[pyo3(get)]
+    reset_after: f64,
+    /// Seconds until the same request would be allowed; 0.0 when allowed.
+    #[pyo3(get)]
+    retry_after: f64,
+}
+
+#[pymethods]
+impl Decision {
+    #[new]
+    #[pyo3(signature = (*, allowed, limit, remaining, reset_after, retry_after))]
+    fn new(allowed: bool, limit: u64, remaining: u64, reset_after: f64, retry_after: f64) -> Self {
+        Decision {
+            allowed,
+            limit,
+            remaining,
+            reset_after,
+            retry_after,
+        }
+    }
+
+    fn __bool__(&self) -> bool {
+        self.allowed
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Decision(allowed={}, limit={}, remaining={}, reset_after={:?}, retry_after={:?})",
+            if self.allowed { "True" } else { "False" },
+            self.limit,
+            self.remaining,
+            self.reset_after,
+            self.retry_after
+        )
+    }
+}
+
+/// A clock for tests: time moves only when told to. Share one between limiters to move them
+/// together. Times are seconds on the Unix time scale.
+#[pyclass(frozen, module = "hotlimit._native")]
+#[derive(Debug)]
+pub struct ManualClock {
+    clock: Clock,
+}
+
+fn ns_from_secs(name: &str, seconds: f64) -> PyResult<u64> {
+    if !seconds.is_finite() || !(0.0..=1.8e10).contains(&seconds) {
+        return Err(InvalidArgumentError::new_err(format!(
+            "{name} must be a finite number of seconds from 0 to 1.8e10, got {}",
+            py_float(seconds)
+        )));
+    }
+    Ok((seconds * NS_PER_S).round() as u64)
+}
+
+#[pymethods]
+impl ManualClock {
+    #[new]
+    #[pyo3(signature = (start = 1_700_000_000.0))]
+    fn new(start: f64) -> PyResult<Self> {
+        Ok(ManualClock {
+            clock: Clock::manual(ns_from_secs("start", start)?),
+        })
+    }
+
+    /// Current time, seconds.
+    fn now(&self) -> f64 {
+        secs(self.clock.now())
+    }
+
+    /// Current time, nanoseconds.
+    fn now_ns(&self) -> u64 {
+        self.clock.now()
+    }
+
+    /// Moves time forward by `seconds`.
+    fn advance(&self, seconds: f64) -> PyResult<()> {
+        self.clock.advance(ns_from_secs("seconds", seconds)?);
+        Ok(())
+    }
+
+    /// Moves time forward by `ns` nanoseconds.
+    fn advance_ns(&self, ns: u64) {
+        self.clock.advance(ns);
+    }
+
+    /// Sets the time, in seconds.
+    fn set(&self, seconds: f64) -> PyResult<()> {
+        self.clock.set(ns_from_secs("seconds", seconds)?);
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OnFull {
+    Deny,
+    Allow,
+}
+
+/// The native limiter behind `hotlimit.Limiter` in memory mode.
+#[pyclass(frozen, module = "hotlimit._native")]
+pub struct NativeLimiter {
+    engine: Arc<dyn Engine>,
+    params: Params,
+    on_full: OnFull,
+    full_events: AtomicU64,
+}
+
+impl std::fmt::Debug for NativeLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NativeLimiter")
+            .field("params", &self.params)
+            .finish()
+    }
+}
+
+#[inline]
+fn key_hash(key: &Bound<'_, PyAny>) -> PyResult<KeyHash> {
+    let bytes: &[u8] = if let Ok(s) = key.cast::<PyString>() {
+        match s.to_str() {
+            Ok(s) => s.as_bytes(),
+            Err(_) => {
+                return Err(InvalidKeyError::new_err(format!(
+                    "key {} cannot be encoded as UTF-8 (lone surrogate)",
+                    shown(key)
+                )))
+            }
+        }
+    } else if let Ok(b) = key.cast::<PyBytes>() {
+        b.as_bytes()
+    } else {
+        return Err(KeyTypeError::new_err(format!(
+            "key must be str or bytes, not {}: {}",
+            key.get_type()
+                .name()
+                .map_or_else(|_| "?".to_string(), |n| n.to_string()),
+            shown(key)
+        )));
+    };
+    if bytes.len() > MAX_KEY_BYTES {
+        return Err(InvalidKeyError::new_err(format!(
+            "key is {} bytes long, above the maximum of {MAX_KEY_BYTES}: {}",
+            bytes.len(),
+            shown(key)
+        )));
+    }
+    Ok(hash_key(bytes))
+}
+
+impl NativeLimiter {
+    #[inline]
+    fn cost(&self, cost: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
+        let Some(cost) = cost else { return Ok(1) };
+        if cost.is_instance_of::<PyBool>() || !cost.is_instance_of::<PyInt>() {
+            return Err(CostTypeError::new_err(format!(
+                "cost must be an int, not {}: {}",
+                cost.get_type()
+                    .name()
+                    .map_or_else(|_| "?".to_string(), |n| n.to_string()),
+                shown(cost)
+            )));
+        }
+        match cost.extract::<i64>() {
+            Ok(n) if n >= 1 && (n as u64) <= self.params.capacity => Ok(n as u64),
+            Ok(n) if n < 1 => Err(InvalidCostError::new_err(format!(
+                "cost must be at least 1, got {n}"
+            ))),
+            _ => Err(InvalidCostError::new_err(format!(
+                "cost {} is above this limiter's capacity of {}: it could never be allowed",
+                shown(cost),
+                self.params.capacity
+            ))),
+        }
+    }
+
+    #[inline]
+    fn decision(&self, o: Outcome) -> Decision {
+        Decision {
+            allowed: o.allowed,
+            limit: self.params.limit,
+            remaining: o.remaining,
+            reset_after: secs(o.reset_after),
+            retry_after: secs(o.retry_after),
+        }
+    }
+
+    #[inline]
+    fn decide(&self, key: &KeyHash, cost: u64, commit: bool) -> Outcome {
+        match self.engine.decide(key, cost, commit) {
+            Ok(o) => o,
+            Err(Full) => {
+                self.full_events.fetch_add(1, Ordering::Relaxed);
+                match self.on_full {
+                    OnFull::Deny => Outcome {
+                        allowed: false,
+                        remaining: 0,
+                        reset_after: 0,
+                        retry_after: self.params.sweep_interval.as_nanos() as u64,
+                    },
+                    // Untracked: decided as a fresh key would be, nothing stored.
+                    OnFull::Allow => self.engine.decide(key, cost, false).unwrap_or(Outcome {
+                        allowed: true,
+                        remaining: 0,
+                        reset_after: 0,
+                        retry_after: 0,
+                    }),
+                }
+            }
+        }
+    }
+}
+
+/// How long `acquire` sleeps at most between checks for Ctrl-C.
+const WAIT_SLICE: Duration = Duration::from_millis(50);
+
+#[pymethods]
+impl NativeLimiter {
+    #[new]
+    #[pyo3(signature = (
+        *, algorithm, limit, period_ns, burst = None, max_keys = 1_000_000, shards = None,
+        clock = None, on_full = "deny", sweep_interval = 1.0
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        algorithm: &str,
+        limit: u64,
+        period_ns: u64,
+        burst: Option<u64>,
+        max_keys: usize,
+        shards: Option<usize>,
+        clock: Option<&Bound<'_, ManualClock>>,
+        on_full: &str,
+        sweep_interval: f64,
+    ) -> PyResult<Self> {
+        let params = Params::check(&Options {
+            algorithm: Algorithm::parse(algorithm)?,
+            limit,
+            period_ns,
+            burst,
+            max_keys,
+            shards,
+            sweep_interval_s: sweep_interval,
+        })?;
+        let on_full = match on_full {
+            "deny" => OnFull::Deny,
+            "allow" => OnFull::Allow,
+            other => {
+                return Err(InvalidArgumentError::new_err(format!(
+                    "on_full must be \"deny\" or \"allow\", got {other:?}"
+                )))
+            }
+        };
+        let clock = clock.map_or(Clock::Monotonic, |c| c.get().clock.clone());
+        let (shards, max_keys, si) = (params.shards, params.max_keys, params.sweep_interval);
+        let engine: Arc<dyn Engine> = match params.algorithm {
+            Algorithm::TokenBucket => {
+                Arc::new(WordEngine::new(params.gcra(), shards, max_keys, clock, si))
+            }
+            Algorithm::FixedWindow => Arc::new(WordEngine::new(
+                FixedWindow::new(params.limit, params.period_ns),
+                shards,
+                max_keys,
+                clock,
+                si,
+            )),
+            Algorithm::SlidingWindow => Arc::new(WordEngine::new(
+                SlidingWindow::new(params.limit, params.period_ns),
+                shards,
+                max_keys,
+                clock,
+                si,
+            )),
+            Algorithm::SlidingLog => Arc::new(LogEngine::new(
+                SlidingLog::new(params.limit, params.period_ns),
+                shards,
+                max_keys,
+                clock,
+                si,
+            )),
+        };
+        table::register(&engine);
+        Ok(NativeLimiter {
+            engine,
+            params,
+            on_full,
+            full_events: AtomicU64::new(0),
+        })
+    }
+
+    /// Consumes `cost` units for `key` if they are available. Never raises for a denial.
+    #[pyo3(signature = (key, cost = None))]
+    fn hit(&self, key: &Bound<'_, PyAny>, cost: Option<&Bound<'_, PyAny>>) -> PyResult<Decision> {
+        let cost = self.cost(cost)?;
+        let key = key_hash(key)?;
+        Ok(self.decision(self.decide(&key, cost, true)))
+    }
+
+    /// What `hit` would answer, consuming nothing.
+    #[pyo3(signature = (key, cost = None))]
+    fn peek(&self, key: &Bound<'_, PyAny>, cost: Option<&Bound<'_, PyAny>>) -> PyResult<Decision> {
+        let cost = self.cost(cost)?;
+        let key = key_hash(key)?;
+        Ok(self.decision(self.decide(&key, cost, false)))
+    }
+
+    /// `hit(key, cost).allowed`, without building a Decision.
+    #[pyo3(signature = (key, cost = None))]
+    fn allow(&self, key: &Bound<'_, PyAny>, cost: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
+        let cost = self.cost(cost)?;
+        let key = key_hash(key)?;
+        Ok(self.decide(&key, cost, true).allowed)
+    }
+
+    /// Forgets `key`: its next request is treated as a new client's. True if it was tracked.
+    fn reset(&self, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Ok(self.engine.reset(&key_hash(key)?))
+    }
+
+    /// Waits until `cost` units can be consumed, then consumes them. With a timeout, gives up
+    /// (returning the denial) as soon as it knows the wait would exceed it; never waits past
+    /// it. The GIL is released while waiting.
+    #[pyo3(signature = (key, cost = None, timeout = None))]
+    fn acquire(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        cost: Option<&Bound<'_, PyAny>>,
+        timeout: Option<f64>,
+    ) -> PyResult<Decision> {
+        let cost = self.cost(cost)?;
+        let key = key_hash(key)?;
+        let clock = self.engine.clock();
+        let deadline = match timeout {
+            Some(t) => Some(clock.now().saturating_add(ns_from_secs("timeout", t)?)),
+            None => None,
+        };
+        loop {
+            let o = self.decide(&key, cost, true);
+            if o.allowed {
+                return Ok(self.decision(o));
+            }
+            let now = clock.now();
+            let wait = o.retry_after.max(1);
+            if deadline.is_some_and(|d| now.saturating_add(wait) > d) {
+                return Ok(self.decision(o));
+            }
+            let slice = if clock.is_manual() {
+                wait
+            } else {
+                wait.min(WAIT_SLICE.as_nanos() as u64)
+            };
+            py.detach(|| clock.sleep(slice));
+            py.check_signals()?;
+        }
+    }
+
+    /// Keys currently tracked.
+    fn __len__(&self) -> usize {
+        self.engine.len()
+    }
+
+    /// Removes every key whose state is back to a fresh key's, now; returns how many. The
+    /// background sweeper does this on its own every `sweep_interval`.
+    fn sweep(&self, py: Python<'_>) -> usize {
+        py.detach(|| self.engine.sweep())
+    }
+
+    /// The limiter's clock, in seconds on the Unix time scale.
+    fn now(&self) -> f64 {
+        secs(self.engine.clock().now())
+    }
+
+    #[getter]
+    fn algorithm(&self) -> &'static str {
+        self.params.algorithm.name()
+    }
+
+    #[getter]
+    fn limit(&self) -> u64 {
+        self.params.limit
+    }
+
+    #[getter]
+    fn period(&self) -> f64 {
+        secs(self.params.period_ns)
+    }
+
+    /// The most one request may cost (the bucket's burst, or the window's limit).
+    #[getter]
+    fn capacity(&self) -> u64 {
+        self.params.capacity
+    }
+
+    #[getter]
+    fn max_keys(&self) -> usize {
+        self.params.max_keys
+    }
+
+    /// Counters: keys tracked, and requests that met a full table.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("keys", self.engine.len())?;
+        d.set_item("max_keys", self.params.max_keys)?;
+        d.set_item("full_events", self.full_events.load(Ordering::Relaxed))?;
+        Ok(d)
+    }
+}
+
+/// The benchmark floor: a method of a native class that takes a key and does nothing.
+#[pyclass(frozen, module = "hotlimit._native")]
+#[derive(Debug)]
+pub struct Noop;
+
+#[pymethods]
+impl Noop {
+    #[new]
+    fn new() -> Self {
+        Noop
+    }
+
+    #[pyo3(signature = (key, cost = None))]
+    fn noop(&self, key: &Bound<'_, PyAny>, cost: Option<&Bound<'_, PyAny>>) -> bool {
+        let _ = (key, cost);
+        true
+    }
+}
+
+#[pyfunction]
+pub fn _before_fork() {
+    table::before_fork();
+}
+
+#[pyfunction]
+pub fn _after_fork_parent() {
+    table::after_fork_parent();
+}
+
+#[pyfunction]
+pub fn _after_fork_child() {
+    table::after_fork_child();
+}
+
+/// Completed passes of the background sweeper thread.
+#[pyfunction]
+pub fn _sweeper_passes() -> u64 {
+    table::sweeper_passes()
+}
