@@ -16,7 +16,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     from hotlimit import _bench
 
     rows = [
-        _bench.Result(group=g, name=n, role="floor" if n.startswith("floor") else "peer", algorithm="", ns_per_call=v)
+        _bench.Result(
+            group=g, name=n, role="floor" if n.startswith("floor") else "peer", algorithm="", ns_per_call=v
+        )
         for (g, n), v in RESULTS.items()
     ]
     tr = terminalreporter

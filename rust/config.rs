@@ -24,12 +24,7 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
-    pub const NAMES: [&'static str; 4] = [
-        "token_bucket",
-        "sliding_window",
-        "fixed_window",
-        "sliding_log",
-    ];
+    pub const NAMES: [&'static str; 4] = ["token_bucket", "sliding_window", "fixed_window", "sliding_log"];
 
     pub fn parse(name: &str) -> Result<Self, ConfigError> {
         Ok(match name {
@@ -140,10 +135,7 @@ impl Params {
                     return rate("burst must be at least 1, got 0".into());
                 }
                 let emission = o.period_ns.div_ceil(o.limit);
-                if burst
-                    .checked_mul(emission)
-                    .is_none_or(|c| c > MAX_PERIOD_NS)
-                {
+                if burst.checked_mul(emission).is_none_or(|c| c > MAX_PERIOD_NS) {
                     return rate(format!(
                         "burst {burst} is too large: a full bucket would take more than 100 days to refill"
                     ));
@@ -160,9 +152,7 @@ impl Params {
             _ => o.limit,
         };
         if o.max_keys == 0 {
-            return Err(ConfigError::Argument(
-                "max_keys must be at least 1, got 0".into(),
-            ));
+            return Err(ConfigError::Argument("max_keys must be at least 1, got 0".into()));
         }
         let shards = match o.shards {
             Some(s) if s == 0 || s > 65_536 || !s.is_power_of_two() => {

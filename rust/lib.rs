@@ -16,8 +16,8 @@ use pyo3::prelude::*;
 mod _native {
     #[pymodule_export]
     use crate::py::{
-        _after_fork_child, _after_fork_parent, _before_fork, _sweeper_passes, Decision,
-        ManualClock, NativeLimiter, Noop,
+        _after_fork_child, _after_fork_parent, _before_fork, _sweeper_passes, Decision, ManualClock,
+        NativeLimiter, Noop,
     };
 
     #[pymodule_export]

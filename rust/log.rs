@@ -41,6 +41,9 @@ impl SlidingLog {
 
     /// Decides; on `commit` an allowed request is recorded and expired runs are dropped.
     pub fn step(&self, log: &mut Log, now: u64, cost: u64, commit: bool) -> Outcome {
+        // A request stamped before the newest entry (its thread read the clock a moment earlier
+        // and locked later) is taken at the newest entry's time, keeping the log sorted.
+        let now = log.runs.back().map_or(now, |&(t, _)| now.max(t));
         let horizon = self.horizon(now);
         // Units that have left the window: dropped on commit, skipped otherwise. Either way
         // only the expired prefix is walked, never the whole log.
@@ -113,6 +116,16 @@ mod tests {
     use super::*;
 
     const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_late_request_keeps_the_log_sorted() {
+        let s = SlidingLog::new(3, 10 * S);
+        let mut log = Log::default();
+        assert!(s.step(&mut log, 100 * S, 1, true).allowed);
+        assert!(s.step(&mut log, 100 * S - 5, 1, true).allowed);
+        assert_eq!(log.runs.iter().map(|r| r.0).collect::<Vec<_>>(), vec![100 * S]);
+        assert_eq!(log.total, 2);
+    }
 
     #[test]
     fn exact_count_in_the_window() {

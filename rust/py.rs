@@ -56,6 +56,7 @@ fn shown(value: &Bound<'_, PyAny>) -> String {
 /// The outcome of one rate-limit decision. Immutable; true when the request is allowed.
 ///
 /// All durations are in seconds.
+// No `freelist`: measured, pyo3's freelist made `hit` 15 ns slower than CPython's allocator.
 #[pyclass(frozen, eq, module = "hotlimit._native")]
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
@@ -324,9 +325,7 @@ impl NativeLimiter {
         let clock = clock.map_or(Clock::Monotonic, |c| c.get().clock.clone());
         let (shards, max_keys, si) = (params.shards, params.max_keys, params.sweep_interval);
         let engine: Arc<dyn Engine> = match params.algorithm {
-            Algorithm::TokenBucket => {
-                Arc::new(WordEngine::new(params.gcra(), shards, max_keys, clock, si))
-            }
+            Algorithm::TokenBucket => Arc::new(WordEngine::new(params.gcra(), shards, max_keys, clock, si)),
             Algorithm::FixedWindow => Arc::new(WordEngine::new(
                 FixedWindow::new(params.limit, params.period_ns),
                 shards,

@@ -111,9 +111,7 @@ impl<S: Default> Table<S> {
     #[inline]
     pub fn with_existing<R>(&self, key: &KeyHash, f: impl FnOnce(&S) -> R) -> Option<R> {
         let shard = self.shards[self.shard_of(key)].read();
-        shard
-            .find(table_hash(key), |e| e.0 == *key)
-            .map(|e| f(&e.1))
+        shard.find(table_hash(key), |e| e.0 == *key).map(|e| f(&e.1))
     }
 
     /// Runs `f` on the key's state, inserting a fresh state first if the key is absent.
@@ -164,12 +162,7 @@ impl<S: Default> Table<S> {
     /// exclusive lock a batch at a time, each re-checked with a `now` read under that lock (so a
     /// key revived since the scan stays). Shrinks the shard when it has become sparse.
     /// Returns the number of keys removed.
-    pub fn sweep_shard(
-        &self,
-        index: usize,
-        is_fresh: impl Fn(&S, u64) -> bool,
-        clock: &Clock,
-    ) -> usize {
+    pub fn sweep_shard(&self, index: usize, is_fresh: impl Fn(&S, u64) -> bool, clock: &Clock) -> usize {
         let lock = &self.shards[index];
         let mut candidates: Vec<KeyHash> = Vec::new();
         let mut start = 0;
@@ -247,13 +240,7 @@ pub struct WordEngine<A> {
 }
 
 impl<A: WordAlgorithm> WordEngine<A> {
-    pub fn new(
-        algo: A,
-        shards: usize,
-        max_keys: usize,
-        clock: Clock,
-        sweep_interval: Duration,
-    ) -> Self {
+    pub fn new(algo: A, shards: usize, max_keys: usize, clock: Clock, sweep_interval: Duration) -> Self {
         WordEngine {
             algo,
             table: Table::new(shards, max_keys),
@@ -288,10 +275,7 @@ impl<A: WordAlgorithm> WordEngine<A> {
 impl<A: WordAlgorithm> Engine for WordEngine<A> {
     #[inline]
     fn decide(&self, key: &KeyHash, cost: u64, commit: bool) -> Result<Outcome, Full> {
-        if let Some(o) = self
-            .table
-            .with_existing(key, |w| self.apply(w, cost, commit))
-        {
+        if let Some(o) = self.table.with_existing(key, |w| self.apply(w, cost, commit)) {
             return Ok(o);
         }
         let (fresh, _) = self.algo.step(0, self.clock.now(), cost);
@@ -372,9 +356,7 @@ impl Engine for LogEngine {
         if let Some(o) = self.table.with_existing(key, apply) {
             return Ok(o);
         }
-        let fresh = self
-            .algo
-            .step(&mut Log::default(), self.clock.now(), cost, false);
+        let fresh = self.algo.step(&mut Log::default(), self.clock.now(), cost, false);
         if !commit || !fresh.allowed {
             return Ok(fresh);
         }
@@ -476,6 +458,7 @@ fn sweep_loop() {
     let mut freed_since_trim = 0usize;
     loop {
         std::thread::sleep(TICK);
+        crate::clock::calibrate();
         let now = Instant::now();
         let due: Vec<Arc<dyn Engine>> = {
             let mut list = s.engines.lock().unwrap_or_else(|e| e.into_inner());
@@ -537,11 +520,7 @@ pub fn after_fork_child() {
     // SAFETY: `before_fork` locked the gate and forgot its guard; this is its unlock.
     unsafe { s.gate.force_unlock(Default::default()) };
     s.running.store(false, Ordering::Release);
-    let any = !s
-        .engines
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .is_empty();
+    let any = !s.engines.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
     if any {
         ensure_thread();
     }
@@ -644,8 +623,7 @@ mod tests {
         let clock = Clock::manual(1_000 * S);
         let e = gcra(10, 1 << 20, &clock);
         for i in 0..10_000 {
-            e.decide(&hash_key(format!("k{i}").as_bytes()), 1, true)
-                .unwrap();
+            e.decide(&hash_key(format!("k{i}").as_bytes()), 1, true).unwrap();
         }
         assert_eq!(e.len(), 10_000);
         clock.advance(S / 20); // 50 ms: half of the one token used (T = 100 ms) is back
@@ -702,8 +680,7 @@ mod tests {
         ));
         register(&e);
         for i in 0..1_000 {
-            e.decide(&hash_key(format!("k{i}").as_bytes()), 1, true)
-                .unwrap();
+            e.decide(&hash_key(format!("k{i}").as_bytes()), 1, true).unwrap();
         }
         clock.advance(S);
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -42,12 +42,21 @@ impl FixedWindow {
         }
     }
 
+    /// The window a request at `now` counts in, and that window's count so far.
+    ///
+    /// Threads read the clock before their compare-and-swap, so a request stamped just before
+    /// a boundary can arrive after one stamped just after it. When the word is already in the
+    /// next window, the late request is counted there (as if it came a moment later) rather
+    /// than overwriting the newer window's count with an older one.
     #[inline]
     fn current(&self, word: u64, now: u64) -> (u64, u64) {
-        let window = now / self.period;
-        let tag = window & 0xFFFF_FFFF;
-        let count = if word >> 32 == tag {
-            word & 0xFFFF_FFFF
+        let mut window = now / self.period;
+        let count = word & 0xFFFF_FFFF;
+        if count > 0 && word >> 32 == (window + 1) & 0xFFFF_FFFF {
+            window += 1;
+        }
+        let count = if word >> 32 == window & 0xFFFF_FFFF {
+            count
         } else {
             0
         };
@@ -59,6 +68,7 @@ impl WordAlgorithm for FixedWindow {
     #[inline]
     fn step(&self, word: u64, now: u64, cost: u64) -> (Outcome, u64) {
         let (window, count) = self.current(word, now);
+        let now = now.max(window * self.period);
         let until_end = (window + 1) * self.period - now;
         if count + cost <= self.limit {
             let count = count + cost;
@@ -141,9 +151,16 @@ impl SlidingWindow {
         }
     }
 
+    /// The counts in effect at `now`; like the fixed window, a word already in the next window
+    /// pulls a late request forward to that window's start.
     #[inline]
-    fn counts(&self, word: u64, now: u64) -> Counts {
-        let window = now / self.period;
+    fn counts(&self, word: u64, now: u64) -> (Counts, u64) {
+        let mut window = now / self.period;
+        let mut now = now;
+        if word & ((1 << (2 * COUNT_BITS)) - 1) != 0 && word >> (2 * COUNT_BITS) == (window + 1) & TAG_MASK {
+            window += 1;
+            now = window * self.period;
+        }
         let elapsed_ms = (now - window * self.period) / MS;
         let tag = word >> (2 * COUNT_BITS);
         let stored_prev = (word >> COUNT_BITS) & COUNT_MASK;
@@ -155,12 +172,13 @@ impl SlidingWindow {
         } else {
             (0, 0)
         };
-        Counts {
+        let counts = Counts {
             window,
             elapsed_ms,
             prev,
             curr,
-        }
+        };
+        (counts, now)
     }
 
     /// `floor(limit - prev * (P - e) / P - used)`, or 0 when that is negative.
@@ -173,8 +191,7 @@ impl SlidingWindow {
     }
 
     fn fits(&self, prev: u64, elapsed_ms: u64, used: u64) -> bool {
-        used <= self.limit
-            && prev * (self.period_ms - elapsed_ms) <= (self.limit - used) * self.period_ms
+        used <= self.limit && prev * (self.period_ms - elapsed_ms) <= (self.limit - used) * self.period_ms
     }
 
     /// Time until a request of `cost` fits, assuming no other hits in between.
@@ -211,7 +228,7 @@ impl SlidingWindow {
 impl WordAlgorithm for SlidingWindow {
     #[inline]
     fn step(&self, word: u64, now: u64, cost: u64) -> (Outcome, u64) {
-        let c = self.counts(word, now);
+        let (c, now) = self.counts(word, now);
         if self.fits(c.prev, c.elapsed_ms, c.curr + cost) {
             let curr = c.curr + cost;
             let outcome = Outcome {
@@ -220,8 +237,7 @@ impl WordAlgorithm for SlidingWindow {
                 reset_after: self.reset_after(&c, curr, now),
                 retry_after: 0,
             };
-            let new_word =
-                ((c.window & TAG_MASK) << (2 * COUNT_BITS)) | (c.prev << COUNT_BITS) | curr;
+            let new_word = ((c.window & TAG_MASK) << (2 * COUNT_BITS)) | (c.prev << COUNT_BITS) | curr;
             (outcome, new_word)
         } else {
             let outcome = Outcome {
@@ -236,7 +252,7 @@ impl WordAlgorithm for SlidingWindow {
 
     #[inline]
     fn is_fresh(&self, word: u64, now: u64) -> bool {
-        let c = self.counts(word, now);
+        let (c, _) = self.counts(word, now);
         c.prev == 0 && c.curr == 0
     }
 }
@@ -278,12 +294,30 @@ mod tests {
         let (o, _) = s.step(w, 675 * S, 1);
         assert!(!o.allowed);
         // Weight falls by 1/60000 a ms; one more unit fits once 75*... is below 74.
-        let c = s.counts(w, 675 * S);
+        let (c, _) = s.counts(w, 675 * S);
         let retry = s.retry_after(&c, 1, 675 * S);
         let (o, _) = s.step(w, 675 * S + retry, 1);
         assert!(o.allowed, "allowed exactly at retry_after");
         let (o, _) = s.step(w, 675 * S + retry - MS, 1);
         assert!(!o.allowed, "not a millisecond before");
+    }
+
+    #[test]
+    fn a_late_request_never_rewinds_a_window() {
+        // Thread B stamped 10.000 s wrote window 10; thread A, stamped 9.999 s, lands after.
+        let f = FixedWindow::new(5, S);
+        let (_, w) = f.step(0, 10 * S, 2);
+        let (o, w2) = f.step(w, 10 * S - MS, 1);
+        assert!(o.allowed);
+        assert_eq!(o.remaining, 2, "counted in window 10 with the other two");
+        assert_eq!(w2 >> 32, 10);
+        let s = SlidingWindow::new(5, S);
+        let (_, w) = s.step(0, 10 * S, 2);
+        let (o, w2) = s.step(w, 10 * S - MS, 1);
+        assert!(o.allowed);
+        assert_eq!(o.remaining, 2);
+        assert_eq!(w2 >> (2 * COUNT_BITS), 10);
+        assert_eq!(w2 & COUNT_MASK, 3);
     }
 
     #[test]
