@@ -24,4 +24,8 @@ pub trait WordAlgorithm: Send + Sync + 'static {
 
     /// True when `word` at `now` behaves exactly like `0` for every future request.
     fn is_fresh(&self, word: u64, now: u64) -> bool;
+
+    /// Gives back `cost` units consumed moments ago (an all-or-nothing batch that failed
+    /// later): the word with that consumption taken out, never below a fresh state.
+    fn refund(&self, word: u64, now: u64, cost: u64) -> u64;
 }

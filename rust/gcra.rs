@@ -69,6 +69,13 @@ impl WordAlgorithm for Gcra {
     fn is_fresh(&self, word: u64, now: u64) -> bool {
         word <= now
     }
+
+    fn refund(&self, word: u64, now: u64, cost: u64) -> u64 {
+        if word <= now {
+            return word;
+        }
+        word.saturating_sub(cost * self.emission).max(now)
+    }
 }
 
 #[cfg(test)]

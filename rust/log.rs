@@ -105,6 +105,21 @@ impl SlidingLog {
         }
     }
 
+    /// Takes `cost` units back from the newest end of the log.
+    pub fn refund(&self, log: &mut Log, cost: u64) {
+        let mut left = cost;
+        while left > 0 {
+            let Some((_, n)) = log.runs.back_mut() else { break };
+            let take = left.min(u64::from(*n));
+            *n -= take as u32;
+            log.total -= take;
+            left -= take;
+            if *n == 0 {
+                log.runs.pop_back();
+            }
+        }
+    }
+
     pub fn is_fresh(&self, log: &Log, now: u64) -> bool {
         let horizon = self.horizon(now);
         log.runs.back().is_none_or(|&(t, _)| t <= horizon)

@@ -386,6 +386,20 @@ impl NativeLimiter {
         Ok(self.engine.reset(&key_hash(key)?))
     }
 
+    /// Gives back `cost` units just consumed by `hit` (used by an all-or-nothing `hit_many`
+    /// whose later part was denied).
+    #[pyo3(signature = (key, cost = None))]
+    fn refund(&self, key: &Bound<'_, PyAny>, cost: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let cost = self.cost(cost)?;
+        self.engine.refund(&key_hash(key)?, cost);
+        Ok(())
+    }
+
+    /// The clock's time in nanoseconds (Unix time scale).
+    fn now_ns(&self) -> u64 {
+        self.engine.clock().now()
+    }
+
     /// Waits until `cost` units can be consumed, then consumes them. With a timeout, gives up
     /// (returning the denial) as soon as it knows the wait would exceed it; never waits past
     /// it. The GIL is released while waiting.

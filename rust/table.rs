@@ -215,6 +215,8 @@ pub trait Engine: Send + Sync + 'static {
     fn decide(&self, key: &KeyHash, cost: u64, commit: bool) -> Result<Outcome, Full>;
     /// Forgets the key; true if it was tracked.
     fn reset(&self, key: &KeyHash) -> bool;
+    /// Gives back `cost` units just consumed for the key (see `WordAlgorithm::refund`).
+    fn refund(&self, key: &KeyHash, cost: u64);
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -295,6 +297,20 @@ impl<A: WordAlgorithm> Engine for WordEngine<A> {
         self.table.remove(key)
     }
 
+    fn refund(&self, key: &KeyHash, cost: u64) {
+        self.table.with_existing(key, |w| {
+            let now = self.clock.now();
+            let mut current = w.load(Ordering::Relaxed);
+            loop {
+                let next = self.algo.refund(current, now, cost);
+                match w.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed) {
+                    Ok(_) => return,
+                    Err(actual) => current = actual,
+                }
+            }
+        });
+    }
+
     fn len(&self) -> usize {
         self.table.len()
     }
@@ -368,6 +384,11 @@ impl Engine for LogEngine {
 
     fn reset(&self, key: &KeyHash) -> bool {
         self.table.remove(key)
+    }
+
+    fn refund(&self, key: &KeyHash, cost: u64) {
+        self.table
+            .with_existing(key, |m| self.algo.refund(&mut m.lock(), cost));
     }
 
     fn len(&self) -> usize {

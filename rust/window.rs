@@ -94,6 +94,13 @@ impl WordAlgorithm for FixedWindow {
     fn is_fresh(&self, word: u64, now: u64) -> bool {
         self.current(word, now).1 == 0
     }
+
+    fn refund(&self, word: u64, _now: u64, cost: u64) -> u64 {
+        // The count belongs to the window the refunded hit was counted in; if that window has
+        // ended, the refund no longer matters.
+        let count = word & 0xFFFF_FFFF;
+        (word & !0xFFFF_FFFF) | count.saturating_sub(cost)
+    }
 }
 
 /// The sliding window counter: the previous window's count, weighted by the share of it
@@ -254,6 +261,20 @@ impl WordAlgorithm for SlidingWindow {
     fn is_fresh(&self, word: u64, now: u64) -> bool {
         let (c, _) = self.counts(word, now);
         c.prev == 0 && c.curr == 0
+    }
+
+    fn refund(&self, word: u64, _now: u64, cost: u64) -> u64 {
+        // Taken from the stored current count; if a later hit has opened a new window since,
+        // the refunded units sit in the stored previous count instead.
+        let curr = word & COUNT_MASK;
+        let prev = (word >> COUNT_BITS) & COUNT_MASK;
+        let tag = word & !((1 << (2 * COUNT_BITS)) - 1);
+        let (prev, curr) = if curr >= cost {
+            (prev, curr - cost)
+        } else {
+            (prev.saturating_sub(cost - curr), 0)
+        };
+        tag | (prev << COUNT_BITS) | curr
     }
 }
 

@@ -17,9 +17,10 @@ from hotlimit._errors import (
     InvalidKeyError,
     InvalidRateError,
     KeyTypeError,
+    StorageError,
 )
 from hotlimit._native import Decision, ManualClock
-from hotlimit.limiter import Algorithm, Key, Limiter
+from hotlimit.limiter import Algorithm, Key, Limiter, ahit_many, hit_many
 from hotlimit.rate import Rate
 
 __version__: str = _native.__version__
@@ -42,6 +43,9 @@ __all__ = [
     "Limiter",
     "ManualClock",
     "Rate",
+    "StorageError",
+    "ahit_many",
+    "hit_many",
     "__version__",
 ]
 

@@ -10,7 +10,8 @@ those keeps working::
     ├── InvalidKeyError       (ValueError)  key too long, or a str that is not valid Unicode
     ├── KeyTypeError          (TypeError)   key is not str or bytes
     ├── InvalidCostError      (ValueError)  cost below 1 or above the limiter's capacity
-    └── CostTypeError         (TypeError)   cost is not an int
+    ├── CostTypeError         (TypeError)   cost is not an int
+    └── StorageError                        Redis failed or timed out (the cause is chained)
 
 A denial is never an exception: ``hit`` returns a ``Decision`` whose ``allowed`` is False.
 """
@@ -25,6 +26,7 @@ __all__ = [
     "InvalidKeyError",
     "InvalidRateError",
     "KeyTypeError",
+    "StorageError",
 ]
 
 
@@ -54,3 +56,7 @@ class InvalidCostError(HotlimitError, ValueError):
 
 class CostTypeError(HotlimitError, TypeError):
     """A cost that is not an int."""
+
+
+class StorageError(HotlimitError):
+    """The shared store (Redis) failed or did not answer in time. The cause is chained."""

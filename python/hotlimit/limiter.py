@@ -4,19 +4,45 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import Literal
+import os
+import threading
+import weakref
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from hotlimit import _native
-from hotlimit._errors import InvalidArgumentError, InvalidRateError
+from hotlimit._errors import CostTypeError, InvalidArgumentError, InvalidCostError, InvalidRateError
 from hotlimit._native import Decision, ManualClock
 from hotlimit.rate import Rate
 
-__all__ = ["Algorithm", "Key", "Limiter"]
+if TYPE_CHECKING:
+    from hotlimit.redis.store import RedisStore
+
+__all__ = ["Algorithm", "Key", "Limiter", "ahit_many", "hit_many"]
 
 Algorithm = Literal["token_bucket", "sliding_window", "fixed_window", "sliding_log"]
 Key = str | bytes
 
 _HOT = ("hit", "peek", "allow", "reset", "acquire")
+_CODES = {"token_bucket": "t", "sliding_window": "s", "fixed_window": "f", "sliding_log": "l"}
+_NS = 1_000_000_000
+_COST_1 = b"$1\r\n1\r\n"
+
+# Limiters built from the same URL (and timeout, and test clock) share one store, so their
+# calls coalesce into the same script calls and hit_many can span them.
+_stores: weakref.WeakValueDictionary[tuple[object, ...], RedisStore] = weakref.WeakValueDictionary()
+_stores_lock = threading.Lock()
+
+
+def _store_for(target: object, timeout: float, clock: ManualClock | None) -> RedisStore:
+    from hotlimit.redis.store import RedisStore
+
+    ident = (target if isinstance(target, str) else id(target), timeout, id(clock))
+    with _stores_lock:
+        store = _stores.get(ident)
+        if store is None:
+            store = _stores[ident] = RedisStore(target, timeout=timeout, clock=clock)
+        return store
 
 
 class Limiter:
@@ -39,6 +65,15 @@ class Limiter:
     arriving when the table is full first reclaims idle keys of its shard; if there are none,
     it is denied (``on_full="deny"``, the default, with ``retry_after = sweep_interval``) or
     allowed without being tracked (``on_full="allow"``). A tracked key is never evicted.
+
+    Redis mode (``redis=URL`` or a redis-py client, or the ``REDIS_URL`` environment variable
+    when ``redis`` is not given): every replica shares one exact limit. Each decision is one
+    script call using the server's clock; concurrent calls coalesce into shared script calls.
+    Keys are ``{prefix}{name}:{<client key>}`` with a TTL; ``name`` defaults to one derived
+    from the algorithm and rate, so limiters with the same policy share state. A key denied
+    until some time is answered locally until then (``deny_cache=False`` switches that off;
+    a ``reset`` from another process is then seen only after the cached time). A Redis
+    failure raises :class:`~hotlimit.StorageError`.
     """
 
     def __init__(
@@ -52,15 +87,20 @@ class Limiter:
         sweep_interval: float = 1.0,
         clock: ManualClock | None = None,
         shards: int | None = None,
+        redis: object = None,
+        redis_timeout: float = 0.05,
+        prefix: str = "hotlimit:",
+        name: str | None = None,
+        deny_cache: bool = True,
     ) -> None:
         rate = Rate.coerce(rate)
         if burst is not None:
             if rate.burst is not None and rate.burst != burst:
                 raise InvalidRateError(f"burst={burst} conflicts with the rate's own burst ({rate})")
             rate = rate.with_burst(burst)
-        for name, value in (("max_keys", max_keys), ("shards", shards)):
+        for option, value in (("max_keys", max_keys), ("shards", shards)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise InvalidArgumentError(f"{name} must be a positive int, got {value!r}")
+                raise InvalidArgumentError(f"{option} must be a positive int, got {value!r}")
         if clock is not None and not isinstance(clock, ManualClock):
             raise InvalidArgumentError(f"clock must be a hotlimit.ManualClock or None, got {clock!r}")
         self.rate = rate
@@ -76,28 +116,169 @@ class Limiter:
             on_full=on_full,
             sweep_interval=sweep_interval,
         )
+        self._store: RedisStore | None = None
+        if redis is None:
+            redis = os.environ.get("REDIS_URL") or None
+        if redis is not None and redis is not False:
+            self._init_redis(redis, redis_timeout, prefix, name, deny_cache)
+            return
         # The hot calls go straight to the native methods: no Python frame in between.
         cls = type(self)
-        for name in _HOT:
-            if getattr(cls, name) is getattr(Limiter, name):
-                self.__dict__[name] = getattr(self._native, name)
+        for hot in _HOT:
+            if getattr(cls, hot) is getattr(Limiter, hot):
+                self.__dict__[hot] = getattr(self._native, hot)
+
+    def _init_redis(self, target: object, timeout: float, prefix: str, name: str | None, deny: bool) -> None:
+        from hotlimit.redis.keys import check_name, escape
+
+        rate = self.rate
+        algorithm = self.algorithm
+        code = _CODES[algorithm]
+        period_ms = rate.period_ns // 1_000_000
+        if name is None:
+            name = f"{code}{rate.limit}/{period_ms}ms"
+            if algorithm == "token_bucket" and rate.burst not in (None, rate.limit):
+                name += f"/b{rate.burst}"
+        self.name = check_name("name", name)
+        self.prefix = check_name("prefix", prefix)
+        self._escape = escape
+        self._key_head = f"{prefix}{name}:{{"
+        emission = -(-rate.period_ns // rate.limit)
+        capacity = self.capacity * emission if algorithm == "token_bucket" else 0
+        self._spec: list[str | int] = [code, rate.limit, period_ms, emission, capacity]
+        from hotlimit.redis.store import resp
+
+        self._resp = resp
+        self._frags = {mode: resp([mode, 1, *self._spec]) for mode in "hpr"}
+        if isinstance(deny, bool) is False:
+            raise InvalidArgumentError(f"deny_cache must be True or False, got {deny!r}")
+        self._deny: dict[bytes | str, tuple[int, int, int, int, int]] | None = {} if deny else None
+        self._store = _store_for(target, timeout, self._clock)
+
+    # -- the Redis path ---------------------------------------------------------------------
+
+    def _cost(self, cost: object) -> int:
+        if isinstance(cost, bool) or not isinstance(cost, int):
+            raise CostTypeError(f"cost must be an int, not {type(cost).__name__}: {cost!r:.80}")
+        if cost < 1:
+            raise InvalidCostError(f"cost must be at least 1, got {cost}")
+        if cost > self.capacity:
+            raise InvalidCostError(
+                f"cost {cost} is above this limiter's capacity of {self.capacity}: it could never be allowed"
+            )
+        return cost
+
+    def redis_key(self, key: Key) -> str:
+        """The Redis key holding ``key``'s state (Redis mode)."""
+        return self._key_head + self._escape(key) + "}"
+
+    def _decision(self, r: Sequence[int], at: int = 0) -> Decision:
+        return Decision(
+            allowed=bool(r[at]),
+            limit=self.rate.limit,
+            remaining=r[at + 1],
+            reset_after=r[at + 2] / _NS,
+            retry_after=r[at + 3] / _NS,
+        )
+
+    def _now_ns(self) -> int:
+        # The deny cache measures waits on this process's clock; only their length came from
+        # the server.
+        return self._native.now_ns()
+
+    def _cached_denial(self, key: Key, cost: int) -> Decision | None:
+        deny = self._deny
+        if not deny:
+            return None
+        entry = deny.get(key)
+        if entry is None:
+            return None
+        until, min_cost, remaining, reset_at, _ = entry
+        if cost < min_cost:
+            return None
+        now = self._now_ns()
+        if now >= until:
+            deny.pop(key, None)
+            return None
+        return Decision(
+            allowed=False,
+            limit=self.rate.limit,
+            remaining=remaining,
+            reset_after=max(reset_at - now, 0) / _NS,
+            retry_after=(until - now) / _NS,
+        )
+
+    def _remember(self, key: Key, cost: int, r: Sequence[int], at: int = 0) -> None:
+        deny = self._deny
+        if deny is None or r[at] or r[at + 3] <= 0:
+            return
+        if len(deny) >= 65_536:
+            now = self._now_ns()
+            for k in [k for k, e in deny.items() if e[0] <= now]:
+                deny.pop(k, None)
+            if len(deny) >= 65_536:
+                return
+        now = self._now_ns()
+        old = deny.get(key)
+        min_cost = cost if old is None or old[0] <= now else min(cost, old[1])
+        deny[key] = (now + r[at + 3], min_cost, r[at + 1], now + r[at + 2], 0)
+
+    def _op(self, mode: str, key: Key, cost: int) -> tuple[list[str], list[str | int], bytes]:
+        frag = self._frags[mode] + (_COST_1 if cost == 1 else self._resp([cost]))
+        return [self.redis_key(key)], [mode, 1, *self._spec, cost], frag
+
+    def _redis_hit(self, key: Key, cost: object, mode: str) -> Decision:
+        n = self._cost(cost)
+        cached = self._cached_denial(key, n)
+        if cached is not None:
+            return cached
+        assert self._store is not None
+        keys, args, frag = self._op(mode, key, n)
+        r = self._store.call(keys, args, 1, frag)
+        self._remember(key, n, r)
+        return self._decision(r)
+
+    async def _aredis_hit(self, key: Key, cost: object, mode: str) -> Decision:
+        n = self._cost(cost)
+        cached = self._cached_denial(key, n)
+        if cached is not None:
+            return cached
+        assert self._store is not None
+        keys, args, frag = self._op(mode, key, n)
+        r = await self._store.acall(keys, args, 1, frag)
+        self._remember(key, n, r)
+        return self._decision(r)
+
+    def _forget(self, key: Key) -> None:
+        if self._deny:
+            self._deny.pop(key, None)
 
     # -- synchronous API (these bodies run only in subclasses that override nothing) --------
 
     def hit(self, key: Key, cost: int = 1) -> Decision:
         """Consumes ``cost`` units for ``key`` if available. Never raises for a denial."""
+        if self._store is not None:
+            return self._redis_hit(key, cost, "h")
         return self._native.hit(key, cost)
 
     def peek(self, key: Key, cost: int = 1) -> Decision:
         """What ``hit`` would answer now, consuming nothing."""
+        if self._store is not None:
+            return self._redis_hit(key, cost, "p")
         return self._native.peek(key, cost)
 
     def allow(self, key: Key, cost: int = 1) -> bool:
         """``hit(key, cost).allowed``, without building a Decision (the fastest call)."""
+        if self._store is not None:
+            return self._redis_hit(key, cost, "h").allowed
         return self._native.allow(key, cost)
 
     def reset(self, key: Key) -> bool:
         """Forgets ``key``; True if it was tracked."""
+        if self._store is not None:
+            self._forget(key)
+            keys, args, frag = self._op("r", key, 1)
+            return bool(self._store.call(keys, args, 1, frag)[0])
         return self._native.reset(key)
 
     def acquire(self, key: Key, cost: int = 1, timeout: float | None = None) -> Decision:
@@ -106,28 +287,25 @@ class Limiter:
         With ``timeout`` (seconds), returns the denial as soon as the wait would exceed it.
         Other threads run while this one waits.
         """
+        if self._store is not None:
+            return self._redis_acquire(key, cost, timeout)
         return self._native.acquire(key, cost, timeout)
 
-    # -- asyncio twins ----------------------------------------------------------------------
+    def _redis_acquire(self, key: Key, cost: int, timeout: float | None) -> Decision:
+        deadline = self._deadline(timeout)
+        while True:
+            d = self.hit(key, cost)
+            if d.allowed:
+                return d
+            wait = max(d.retry_after, 1e-6)
+            if deadline is not None and self._native.now() + wait > deadline:
+                return d
+            if self._clock is not None:
+                self._clock.advance(wait)
+            else:
+                threading.Event().wait(wait)
 
-    async def ahit(self, key: Key, cost: int = 1) -> Decision:
-        """Async ``hit``."""
-        return self.hit(key, cost)
-
-    async def apeek(self, key: Key, cost: int = 1) -> Decision:
-        """Async ``peek``."""
-        return self.peek(key, cost)
-
-    async def aallow(self, key: Key, cost: int = 1) -> bool:
-        """Async ``allow``."""
-        return self.allow(key, cost)
-
-    async def areset(self, key: Key) -> bool:
-        """Async ``reset``."""
-        return self.reset(key)
-
-    async def aacquire(self, key: Key, cost: int = 1, timeout: float | None = None) -> Decision:
-        """Async ``acquire``: waits with ``asyncio.sleep``, so the event loop keeps running."""
+    def _deadline(self, timeout: float | None) -> float | None:
         if timeout is not None and (
             isinstance(timeout, bool)
             or not isinstance(timeout, int | float)
@@ -135,9 +313,48 @@ class Limiter:
             or timeout < 0
         ):
             raise InvalidArgumentError(f"timeout must be a finite number of seconds >= 0, got {timeout!r}")
-        deadline = None if timeout is None else self._native.now() + timeout
+        return None if timeout is None else self._native.now() + timeout
+
+    def hit_many(self, requests: Iterable[tuple[Key, int] | Key]) -> list[Decision]:
+        """Several keys of this limiter, all-or-nothing: see :func:`hotlimit.hit_many`."""
+        return hit_many([(self, *_pair(r)) for r in requests])
+
+    async def ahit_many(self, requests: Iterable[tuple[Key, int] | Key]) -> list[Decision]:
+        return await ahit_many([(self, *_pair(r)) for r in requests])
+
+    # -- asyncio twins ----------------------------------------------------------------------
+
+    async def ahit(self, key: Key, cost: int = 1) -> Decision:
+        """Async ``hit``."""
+        if self._store is not None:
+            return await self._aredis_hit(key, cost, "h")
+        return self.hit(key, cost)
+
+    async def apeek(self, key: Key, cost: int = 1) -> Decision:
+        """Async ``peek``."""
+        if self._store is not None:
+            return await self._aredis_hit(key, cost, "p")
+        return self.peek(key, cost)
+
+    async def aallow(self, key: Key, cost: int = 1) -> bool:
+        """Async ``allow``."""
+        if self._store is not None:
+            return (await self._aredis_hit(key, cost, "h")).allowed
+        return self.allow(key, cost)
+
+    async def areset(self, key: Key) -> bool:
+        """Async ``reset``."""
+        if self._store is not None:
+            self._forget(key)
+            keys, args, frag = self._op("r", key, 1)
+            return bool((await self._store.acall(keys, args, 1, frag))[0])
+        return self.reset(key)
+
+    async def aacquire(self, key: Key, cost: int = 1, timeout: float | None = None) -> Decision:
+        """Async ``acquire``: waits with ``asyncio.sleep``, so the event loop keeps running."""
+        deadline = self._deadline(timeout)
         while True:
-            d = self.hit(key, cost)
+            d = await self.ahit(key, cost)
             if d.allowed:
                 return d
             wait = max(d.retry_after, 1e-6)
@@ -165,7 +382,7 @@ class Limiter:
         return self._native.max_keys
 
     def __len__(self) -> int:
-        """Keys currently tracked."""
+        """Keys currently tracked (in this process; memory mode)."""
         return len(self._native)
 
     def sweep(self) -> int:
@@ -176,12 +393,20 @@ class Limiter:
         """``keys``, ``max_keys`` and ``full_events`` (requests that met a full table)."""
         return self._native.stats()
 
+    @property
+    def mode(self) -> str:
+        """``"memory"`` or ``"redis"``."""
+        return "memory" if self._store is None else "redis"
+
     def close(self) -> None:
-        """Releases resources (nothing to release in memory mode; the sweeper forgets the
-        limiter once it is garbage-collected)."""
+        """Releases the Redis connections (shared with limiters on the same URL); nothing to
+        release in memory mode."""
+        if self._store is not None:
+            self._store.close()
 
     async def aclose(self) -> None:
-        self.close()
+        if self._store is not None:
+            await self._store.aclose()
 
     def __enter__(self) -> Limiter:
         return self
@@ -196,4 +421,132 @@ class Limiter:
         await self.aclose()
 
     def __repr__(self) -> str:
-        return f"Limiter({str(self.rate)!r}, algorithm={self.algorithm!r})"
+        extra = "" if self._store is None else ", redis=..."
+        return f"Limiter({str(self.rate)!r}, algorithm={self.algorithm!r}{extra})"
+
+
+def _pair(r: tuple[Key, int] | Key) -> tuple[Key, int]:
+    if isinstance(r, str | bytes):
+        return r, 1
+    if not isinstance(r, tuple) or len(r) != 2:
+        raise InvalidArgumentError(f"expected a key or a (key, cost) pair, got {r!r:.80}")
+    return r[0], r[1]
+
+
+_Item = tuple[Limiter, Key, int]
+
+
+def _merged(requests: Iterable[Any]) -> tuple[list[_Item], list[int]]:
+    """Validates the requests and merges repeats of one (limiter, key) into one cost; returns
+    the merged items and, for each request, the index of its merged item."""
+    items: list[_Item] = []
+    where: list[int] = []
+    seen: dict[tuple[int, object], int] = {}
+    for r in requests:
+        if not isinstance(r, tuple) or len(r) not in (2, 3) or not isinstance(r[0], Limiter):
+            raise InvalidArgumentError(f"expected (limiter, key) or (limiter, key, cost), got {r!r:.80}")
+        limiter, key = r[0], r[1]
+        cost = limiter._cost(r[2] if len(r) == 3 else 1)
+        if not isinstance(key, str | bytes):
+            limiter.peek(key)  # raises the usual, precise error
+        ident = (id(limiter), key)
+        if ident in seen:
+            i = seen[ident]
+            lim, k, c = items[i]
+            items[i] = (lim, k, lim._cost(c + cost))
+        else:
+            seen[ident] = len(items)
+            items.append((limiter, key, cost))
+        where.append(seen[ident])
+    if not items:
+        return items, where
+    redis_mode = {lim._store is not None for lim, _, _ in items}
+    stores = {id(lim._store) for lim, _, _ in items}
+    if len(redis_mode) > 1 or len(stores) > 1:
+        raise InvalidArgumentError(
+            "hit_many needs every limiter on the same backend (all in memory, or all on one Redis store)"
+        )
+    return items, where
+
+
+def _not_consumed(d: Decision) -> Decision:
+    """A part of a failed hit_many: never allowed (nothing was consumed); ``retry_after`` 0
+    means this part alone would have fit."""
+    if not d.allowed:
+        return d
+    return Decision(
+        allowed=False, limit=d.limit, remaining=d.remaining, reset_after=d.reset_after, retry_after=0.0
+    )
+
+
+_memory_many_lock = threading.Lock()
+
+
+def _memory_many(items: list[_Item]) -> list[Decision]:
+    # All-or-nothing in process: peek everything, and hit only if all fit. The lock makes
+    # hit_many calls atomic with respect to each other; a plain hit racing in between can take
+    # the last unit, which the confirming hits below detect and roll back.
+    with _memory_many_lock:
+        peeks = [lim._native.peek(k, c) for lim, k, c in items]
+        if not all(peeks):
+            return [_not_consumed(d) for d in peeks]
+        done: list[Decision] = []
+        for lim, k, c in items:
+            d = lim._native.hit(k, c)
+            if not d.allowed:
+                for (l2, k2, c2), _ in zip(items, done, strict=False):
+                    l2._native.refund(k2, c2)
+                return [d if i == len(done) else _not_consumed(p) for i, p in enumerate(peeks)]
+            done.append(d)
+        return done
+
+
+def hit_many(requests: Iterable[tuple[Limiter, Key] | tuple[Limiter, Key, int]]) -> list[Decision]:
+    """Checks several limits at once and consumes from all of them only if all allow.
+
+    ``requests`` holds ``(limiter, key)`` or ``(limiter, key, cost)``; repeats of one limiter
+    and key add up. Returns one Decision per request, in order; the units were consumed if and
+    only if every Decision is allowed. In Redis mode this is one script call (on a cluster,
+    the keys must share a slot: limits on one client key always do).
+    """
+    items, where = _merged(requests)
+    if not items:
+        return []
+    first = items[0][0]
+    if first._store is None:
+        out = _memory_many(items)
+    else:
+        keys = [lim.redis_key(k) for lim, k, _ in items]
+        args: list[str | int] = ["a", len(items)]
+        for lim, _, c in items:
+            args += [*lim._spec, c]
+        r = first._store.call(keys, args, len(items))
+        out = _many_decisions(items, r)
+    return [out[i] for i in where]
+
+
+async def ahit_many(requests: Iterable[tuple[Limiter, Key] | tuple[Limiter, Key, int]]) -> list[Decision]:
+    """Async :func:`hit_many`."""
+    items, where = _merged(requests)
+    if not items:
+        return []
+    first = items[0][0]
+    if first._store is None:
+        out = _memory_many(items)
+    else:
+        keys = [lim.redis_key(k) for lim, k, _ in items]
+        args: list[str | int] = ["a", len(items)]
+        for lim, _, c in items:
+            args += [*lim._spec, c]
+        r = await first._store.acall(keys, args, len(items))
+        out = _many_decisions(items, r)
+    return [out[i] for i in where]
+
+
+def _many_decisions(items: list[_Item], r: Sequence[int]) -> list[Decision]:
+    ok = all(r[4 * i] for i in range(len(items)))
+    out = []
+    for i, (lim, _, _) in enumerate(items):
+        d = lim._decision(r, 4 * i)
+        out.append(d if ok else _not_consumed(d))
+    return out

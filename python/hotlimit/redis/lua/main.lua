@@ -1,0 +1,75 @@
+-- hotlimit: one script call decides a batch of requests.
+--
+-- ARGV[1], ARGV[2]: the time as whole seconds and nanoseconds, or "" to use the server's TIME
+--   (production always sends ""; only tests inject a time).
+-- Then groups, each: mode, op count, and per op six values:
+--   algorithm ("t" token bucket, "s" sliding window, "f" fixed window, "l" sliding log),
+--   limit, period in ms, emission interval in ns, capacity in ns, cost.
+-- Modes: "h" hit each op, "p" peek each op, "r" reset each op's key, "a" all-or-nothing:
+--   the ops are hit only if every one of them would be allowed (their keys are distinct).
+-- KEYS: one per op, in order. The reply: four integers per op, in order:
+--   allowed (1/0; for "r", 1 if the key existed), remaining, reset_after ns, retry_after ns.
+
+local t = {}
+if ARGV[1] == '' then
+  local now = redis.call('TIME')
+  t.s = tonumber(now[1])
+  t.n = tonumber(now[2]) * 1000
+else
+  t.s = tonumber(ARGV[1])
+  t.n = tonumber(ARGV[2])
+end
+t.ms = t.s * 1000 + idiv(t.n, NS_PER_MS)
+t.sub = t.n % NS_PER_MS
+
+local function decide(key, a, i, commit)
+  local algo = a[i]
+  local limit, period_ms, cost = tonumber(a[i + 1]), tonumber(a[i + 2]), tonumber(a[i + 5])
+  if algo == 't' then
+    return token_bucket(key, t, tonumber(a[i + 3]), tonumber(a[i + 4]), cost, commit)
+  elseif algo == 's' then
+    return sliding_window(key, t, limit, period_ms, cost, commit)
+  elseif algo == 'f' then
+    return fixed_window(key, t, limit, period_ms, cost, commit)
+  elseif algo == 'l' then
+    return sliding_log(key, t, limit, period_ms, cost, commit)
+  end
+  return redis.error_reply('hotlimit: unknown algorithm ' .. tostring(algo))
+end
+
+local out = {}
+local arg, k = 3, 1
+while arg <= #ARGV do
+  local mode, n = ARGV[arg], tonumber(ARGV[arg + 1])
+  local first = arg + 2
+  if mode == 'r' then
+    for j = 0, n - 1 do
+      out[#out + 1] = redis.call('DEL', KEYS[k + j])
+      out[#out + 1] = 0
+      out[#out + 1] = 0
+      out[#out + 1] = 0
+    end
+  else
+    local commit = mode == 'h'
+    if mode == 'a' then
+      -- Check every op first; consume only if all are allowed.
+      commit = true
+      for j = 0, n - 1 do
+        if decide(KEYS[k + j], ARGV, first + 6 * j, false) == 0 then
+          commit = false
+          break
+        end
+      end
+    end
+    for j = 0, n - 1 do
+      local allowed, remaining, reset, retry = decide(KEYS[k + j], ARGV, first + 6 * j, commit)
+      out[#out + 1] = allowed
+      out[#out + 1] = remaining
+      out[#out + 1] = reset
+      out[#out + 1] = retry
+    end
+  end
+  k = k + n
+  arg = first + 6 * n
+end
+return out

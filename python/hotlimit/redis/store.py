@@ -1,0 +1,514 @@
+"""Talking to Redis: one script call per batch, batches formed by coalescing.
+
+A *lane* serialises the script calls for one destination (the server, or one cluster slot).
+A caller that finds its lane idle sends its request at once, so a lone caller pays exactly one
+round trip. Callers that arrive while a call is in flight queue up; when the flight lands, the
+first of them sends everything that queued as one script call. Under concurrency the number of
+round trips per decision therefore falls towards 1 / (callers per flight).
+
+Standalone servers are reached through one dedicated connection per lane, taken from the
+client's pool once and kept: a lane never has two calls in flight, and skipping the pool's
+checkout on every call saves about half of redis-py's per-command overhead. Cluster clients
+are used through their own routing (MOVED / ASK handled by redis-py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import redis
+import redis.asyncio
+from redis.backoff import NoBackoff
+from redis.crc import key_slot
+from redis.exceptions import NoScriptError, RedisError
+from redis.retry import Retry
+
+from hotlimit._errors import InvalidArgumentError, StorageError
+from hotlimit._native import ManualClock
+from hotlimit.redis.script import SHA, SOURCE
+
+__all__ = ["RedisStore"]
+
+Args = list[str | int]
+Reply = list[int]
+
+#: Requests sent in one script call at most; the rest go in the next flight.
+MAX_BATCH = 256
+
+_SyncClient = redis.Redis | redis.RedisCluster
+_AsyncClient = redis.asyncio.Redis | redis.asyncio.RedisCluster
+
+
+def resp(items: Sequence[str | int | bytes]) -> bytes:
+    """Items as RESP bulk strings (the body of a command, without its array header)."""
+    out = bytearray()
+    for item in items:
+        b = item if isinstance(item, bytes) else str(item).encode("utf-8")
+        out += b"$%d\r\n%s\r\n" % (len(b), b)
+    return bytes(out)
+
+
+_SHA_HEAD = resp(["EVALSHA", SHA])
+
+
+class _Request:
+    __slots__ = ("args", "error", "event", "frag", "future", "keys", "lead", "nops", "reply")
+
+    def __init__(self, keys: list[str], args: Args, nops: int, frag: bytes | None) -> None:
+        self.keys = keys
+        self.args = args
+        self.frag = frag  # `args` already in RESP form, when the caller had it at hand
+        self.nops = nops
+        self.reply: Reply | None = None
+        self.error: BaseException | None = None
+        self.event: threading.Event | None = None
+        self.future: asyncio.Future[None] | None = None
+        self.lead = False
+
+    def outcome(self) -> Reply:
+        if self.error is not None:
+            raise self.error
+        assert self.reply is not None
+        return self.reply
+
+
+def _fail(batch: Sequence[_Request], cause: BaseException) -> None:
+    for r in batch:
+        err = StorageError(f"redis call failed: {type(cause).__name__}: {cause}")
+        err.__cause__ = cause
+        r.error = err
+
+
+def _deliver(batch: Sequence[_Request], reply: list[Any]) -> None:
+    want = sum(4 * r.nops for r in batch)
+    if not isinstance(reply, list) or len(reply) != want:
+        _fail(batch, RedisError(f"unexpected script reply: {reply!r:.200}"))
+        return
+    i = 0
+    for r in batch:
+        n = 4 * r.nops
+        r.reply = reply[i : i + n]
+        i += n
+
+
+Runner = Callable[[list[_Request], Args], list[Any]]
+AsyncRunner = Callable[[list[_Request], Args], Awaitable[list[Any]]]
+
+
+def _flat(batch: list[_Request], time_args: Args) -> tuple[list[str], Args]:
+    keys: list[str] = []
+    args = list(time_args)
+    for r in batch:
+        keys += r.keys
+        args += r.args
+    return keys, args
+
+
+def _packed(batch: list[_Request], time_args: Args) -> bytes:
+    """The whole EVALSHA command for a batch, encoded once, without redis-py's packer."""
+    nkeys = 0
+    nargs = len(time_args)
+    parts = [b"", _SHA_HEAD, b"", b""]
+    for r in batch:
+        nkeys += len(r.keys)
+        parts.append(resp(r.keys))
+    parts.append(resp(time_args))
+    for r in batch:
+        nargs += len(r.args)
+        parts.append(r.frag if r.frag is not None else resp(r.args))
+    parts[0] = b"*%d\r\n" % (3 + nkeys + nargs)
+    parts[2] = resp([nkeys])
+    return b"".join(parts)
+
+
+class _SyncLane:
+    def __init__(self, run: Runner, time_args: Callable[[], Args]) -> None:
+        self._run = run
+        self._time_args = time_args
+        self._lock = threading.Lock()
+        self._queue: list[_Request] = []
+        self._busy = False
+
+    def submit(self, req: _Request) -> Reply:
+        with self._lock:
+            self._queue.append(req)
+            if self._busy:
+                req.event = threading.Event()
+            else:
+                self._busy = True
+                req.lead = True
+        if req.event is not None:
+            req.event.wait()
+            if not req.lead:
+                return req.outcome()
+        try:
+            with self._lock:
+                batch = self._queue[:MAX_BATCH]
+                del self._queue[:MAX_BATCH]
+            self._flight(batch)
+        finally:
+            with self._lock:
+                if self._queue:
+                    nxt = self._queue[0]
+                    nxt.lead = True
+                    assert nxt.event is not None
+                    nxt.event.set()
+                else:
+                    self._busy = False
+        return req.outcome()
+
+    def _flight(self, batch: list[_Request]) -> None:
+        try:
+            _deliver(batch, self._run(batch, self._time_args()))
+        except BaseException as e:
+            _fail(batch, e)
+            if not isinstance(e, Exception):
+                raise
+        finally:
+            for r in batch:
+                if r.event is not None and not r.lead:
+                    r.event.set()
+
+
+class _AsyncLane:
+    def __init__(self, run: AsyncRunner, time_args: Callable[[], Args]) -> None:
+        self._run = run
+        self._time_args = time_args
+        self._queue: list[_Request] = []
+        self._busy = False
+
+    async def submit(self, req: _Request) -> Reply:
+        self._queue.append(req)
+        if self._busy:
+            req.future = asyncio.get_running_loop().create_future()
+            try:
+                await req.future
+            except asyncio.CancelledError:
+                if req in self._queue:
+                    self._queue.remove(req)
+                if req.lead:
+                    self._pass_lead()
+                raise
+            if not req.lead:
+                return req.outcome()
+        else:
+            self._busy = True
+            req.lead = True
+        try:
+            batch = self._queue[:MAX_BATCH]
+            del self._queue[:MAX_BATCH]
+            await self._flight(batch)
+        finally:
+            self._pass_lead()
+        return req.outcome()
+
+    def _pass_lead(self) -> None:
+        if self._queue:
+            nxt = self._queue[0]
+            nxt.lead = True
+            assert nxt.future is not None
+            if not nxt.future.done():
+                nxt.future.set_result(None)
+        else:
+            self._busy = False
+
+    async def _flight(self, batch: list[_Request]) -> None:
+        try:
+            _deliver(batch, await self._run(batch, self._time_args()))
+        except BaseException as e:
+            _fail(batch, e)
+            if not isinstance(e, Exception):
+                raise
+        finally:
+            for r in batch:
+                if r.future is not None and not r.lead and not r.future.done():
+                    r.future.set_result(None)
+
+
+def _is_cluster_url(url: str, timeout: float) -> bool:
+    probe = redis.Redis.from_url(
+        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        info: Any = probe.info("cluster")
+        return bool(info.get("cluster_enabled"))
+    except RedisError as e:
+        raise StorageError(f"cannot reach redis at {_safe_url(url)}: {e}") from e
+    finally:
+        probe.close()
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    if "@" in url:
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url
+
+
+class RedisStore:
+    """Runs hotlimit's script on one Redis deployment, sync and async.
+
+    ``target`` is a URL (``redis://``, ``rediss://``, ``unix://``; user and password as redis-py
+    takes them) or a client: ``redis.Redis`` / ``redis.RedisCluster`` for the sync calls,
+    ``redis.asyncio.Redis`` / ``redis.asyncio.RedisCluster`` for the async ones. From a URL both
+    are made on first use, with ``timeout`` seconds for connecting and for each reply, and no
+    retries (a dead server should be noticed fast, not waited on three times).
+    """
+
+    def __init__(self, target: object, *, timeout: float = 0.05, clock: ManualClock | None = None) -> None:
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 60:
+            raise InvalidArgumentError(f"redis timeout must be seconds in (0, 60], got {timeout!r}")
+        self._timeout = float(timeout)
+        self._clock = clock
+        self._url: str | None = None
+        self._sync: _SyncClient | None = None
+        self._async: _AsyncClient | None = None
+        self._own_clients = False
+        self._cluster: bool | None = None
+        if isinstance(target, str):
+            if not target.startswith(("redis://", "rediss://", "unix://", "valkey://", "valkeys://")):
+                raise InvalidArgumentError(
+                    f"redis URL must start with redis://, rediss:// or unix://, got {_safe_url(target)!r}"
+                )
+            self._url = target.replace("valkey", "redis", 1) if target.startswith("valkey") else target
+            self._own_clients = True
+        elif isinstance(target, redis.Redis | redis.RedisCluster):
+            self._sync = target
+            self._cluster = isinstance(target, redis.RedisCluster)
+        elif isinstance(target, redis.asyncio.Redis | redis.asyncio.RedisCluster):
+            self._async = target
+            self._cluster = isinstance(target, redis.asyncio.RedisCluster)
+        else:
+            raise InvalidArgumentError(
+                f"redis must be a URL or a redis-py client, got {type(target).__name__}: {target!r:.80}"
+            )
+        self._lock = threading.Lock()
+        self._sync_lanes: dict[int, _SyncLane] = {}
+        self._sync_conns: list[Any] = []
+        self._async_lanes: dict[int, _AsyncLane] = {}
+        self._async_conns: list[Any] = []
+        self._async_loop: asyncio.AbstractEventLoop | None = None
+
+    # -- clients -----------------------------------------------------------------------------
+
+    def _client_options(self) -> dict[str, Any]:
+        return {
+            "socket_timeout": self._timeout,
+            "socket_connect_timeout": self._timeout,
+            "retry": Retry(NoBackoff(), 0),
+        }
+
+    def _sync_client(self) -> _SyncClient:
+        if self._sync is None:
+            if self._url is None:
+                raise InvalidArgumentError(
+                    "this limiter was given an asyncio redis client: use the async methods "
+                    "(ahit, apeek, areset, ...) or pass a URL or a sync client"
+                )
+            with self._lock:
+                if self._sync is None:
+                    if self._cluster is None:
+                        self._cluster = _is_cluster_url(self._url, self._timeout)
+                    if self._cluster:
+                        self._sync = redis.RedisCluster.from_url(self._url, **self._client_options())
+                    else:
+                        self._sync = redis.Redis.from_url(self._url, **self._client_options())
+        return self._sync
+
+    def _async_client(self) -> _AsyncClient:
+        loop = asyncio.get_running_loop()
+        if self._async is not None and self._async_loop not in (None, loop) and self._own_clients:
+            # A client made for another event loop cannot be used here: start over.
+            self._async = None
+            self._async_lanes = {}
+            self._async_conns = []
+        if self._async is None:
+            if self._url is None:
+                raise InvalidArgumentError(
+                    "this limiter was given a sync redis client: use the sync methods "
+                    "(hit, peek, reset, ...) or pass a URL or a redis.asyncio client"
+                )
+            if self._cluster is None:
+                self._cluster = _is_cluster_url(self._url, self._timeout)
+            if self._cluster:
+                self._async = redis.asyncio.RedisCluster.from_url(self._url, **self._client_options())
+            else:
+                self._async = redis.asyncio.Redis.from_url(self._url, **self._client_options())
+        self._async_loop = loop
+        return self._async
+
+    # -- time ----------------------------------------------------------------------------------
+
+    def _time_args(self) -> Args:
+        if self._clock is None:
+            return ["", ""]
+        s, n = divmod(self._clock.now_ns(), 1_000_000_000)
+        return [s, n]
+
+    # -- routing -------------------------------------------------------------------------------
+
+    def slot(self, keys: Sequence[str]) -> int:
+        """The lane for a request; in a cluster, all its keys must share one slot."""
+        if not self._cluster:
+            return 0
+        slots = {key_slot(k.encode("utf-8")) for k in keys}
+        if len(slots) != 1:
+            raise InvalidArgumentError(
+                f"these keys live in different cluster slots, so one atomic call cannot cover "
+                f"them: {list(keys)!r:.300}; limits on the same client key always share a slot"
+            )
+        return slots.pop()
+
+    def _sync_lane(self, slot: int) -> _SyncLane:
+        lane = self._sync_lanes.get(slot)
+        if lane is None:
+            client = self._sync_client()
+            with self._lock:
+                lane = self._sync_lanes.get(slot)
+                if lane is None:
+                    if isinstance(client, redis.RedisCluster):
+                        run = self._cluster_runner(client)
+                    else:
+                        run = self._connection_runner(client)
+                    lane = self._sync_lanes[slot] = _SyncLane(run, self._time_args)
+        return lane
+
+    def _cluster_runner(self, client: Any) -> Runner:
+        def run(batch: list[_Request], time_args: Args) -> list[Any]:
+            keys, args = _flat(batch, time_args)
+            try:
+                return client.evalsha(SHA, len(keys), *keys, *args)  # type: ignore[no-any-return]
+            except NoScriptError:
+                client.script_load(SOURCE)
+                return client.evalsha(SHA, len(keys), *keys, *args)  # type: ignore[no-any-return]
+
+        return run
+
+    def _connection_runner(self, client: redis.Redis) -> Runner:
+        pool: Any = client.connection_pool  # redis-py's connections are untyped
+        conn: Any = pool.get_connection()
+        self._sync_conns.append((pool, conn))
+
+        def once(command: bytes) -> list[Any]:
+            try:
+                conn.send_packed_command([command], check_health=False)
+                try:
+                    return conn.read_response()  # type: ignore[no-any-return]
+                except NoScriptError:
+                    conn.send_command("SCRIPT", "LOAD", SOURCE)
+                    conn.read_response()
+                    conn.send_packed_command([command], check_health=False)
+                    return conn.read_response()  # type: ignore[no-any-return]
+            except BaseException as e:
+                if not isinstance(e, RedisError) or isinstance(e, redis.ConnectionError | redis.TimeoutError):
+                    # The reply may still be on its way: never read it as the next call's.
+                    conn.disconnect()
+                raise
+
+        def run(batch: list[_Request], time_args: Args) -> list[Any]:
+            command = _packed(batch, time_args)
+            try:
+                return once(command)
+            except redis.ConnectionError as e:
+                if isinstance(e, redis.TimeoutError):
+                    raise
+                # A connection that went stale while idle (server restart, failover, idle
+                # timeout): one more try on a new connection.
+                return once(command)
+
+        return run
+
+    def _async_lane(self, slot: int) -> _AsyncLane:
+        client = self._async_client()
+        lane = self._async_lanes.get(slot)
+        if lane is None:
+            if isinstance(client, redis.asyncio.RedisCluster):
+                run = self._async_cluster_runner(client)
+            else:
+                run = self._async_connection_runner(client)
+            lane = self._async_lanes[slot] = _AsyncLane(run, self._time_args)
+        return lane
+
+    def _async_cluster_runner(self, client: Any) -> AsyncRunner:
+        async def run(batch: list[_Request], time_args: Args) -> list[Any]:
+            keys, args = _flat(batch, time_args)
+            try:
+                return await client.evalsha(SHA, len(keys), *keys, *args)  # type: ignore[no-any-return]
+            except NoScriptError:
+                await client.script_load(SOURCE)
+                return await client.evalsha(SHA, len(keys), *keys, *args)  # type: ignore[no-any-return]
+
+        return run
+
+    def _async_connection_runner(self, client: redis.asyncio.Redis) -> AsyncRunner:
+        pool: Any = client.connection_pool
+        holder: list[Any] = []
+
+        async def run(batch: list[_Request], time_args: Args) -> list[Any]:
+            command = _packed(batch, time_args)
+            try:
+                return await once(command)
+            except redis.ConnectionError as e:
+                if isinstance(e, redis.TimeoutError):
+                    raise
+                return await once(command)  # a stale connection: see the sync runner
+
+        async def once(command: bytes) -> list[Any]:
+            if not holder:
+                holder.append(await pool.get_connection())
+                self._async_conns.append((pool, holder[0]))
+            conn = holder[0]
+            try:
+                await conn.send_packed_command([command], check_health=False)
+                try:
+                    return await conn.read_response()  # type: ignore[no-any-return]
+                except NoScriptError:
+                    await conn.send_command("SCRIPT", "LOAD", SOURCE)
+                    await conn.read_response()
+                    await conn.send_packed_command([command], check_health=False)
+                    return await conn.read_response()  # type: ignore[no-any-return]
+            except BaseException as e:
+                if not isinstance(e, RedisError) or isinstance(e, redis.ConnectionError | redis.TimeoutError):
+                    await conn.disconnect()
+                raise
+
+        return run
+
+    # -- calls ---------------------------------------------------------------------------------
+
+    def call(self, keys: list[str], args: Args, nops: int, frag: bytes | None = None) -> Reply:
+        """Runs one group of ops (possibly batched with other callers'); four ints per op.
+        ``frag``, if given, is ``args`` already encoded by :func:`resp`."""
+        return self._sync_lane(self.slot(keys)).submit(_Request(keys, args, nops, frag))
+
+    async def acall(self, keys: list[str], args: Args, nops: int, frag: bytes | None = None) -> Reply:
+        return await self._async_lane(self.slot(keys)).submit(_Request(keys, args, nops, frag))
+
+    @property
+    def is_cluster(self) -> bool | None:
+        return self._cluster
+
+    def close(self) -> None:
+        """Gives back the dedicated connections; closes the clients made from a URL."""
+        with self._lock:
+            conns, self._sync_conns = self._sync_conns, []
+            self._sync_lanes = {}
+        for pool, conn in conns:
+            pool.release(conn)
+        if self._own_clients and self._sync is not None:
+            self._sync.close()
+            self._sync = None
+
+    async def aclose(self) -> None:
+        conns, self._async_conns = self._async_conns, []
+        self._async_lanes = {}
+        for pool, conn in conns:
+            await pool.release(conn)
+        if self._own_clients and self._async is not None:
+            await self._async.aclose()
+            self._async = None
+        self.close()
