@@ -8,9 +8,13 @@ import pytest
 
 RESULTS: dict[tuple[str, str], float] = {}
 MEMORY: dict[str, float | None] = {}
+#: Redis-mode medians: ns per decision, or decisions per second for throughput groups.
+REDIS: dict[tuple[str, str], float] = {}
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if REDIS:
+        _redis_summary(terminalreporter)
     if not RESULTS:
         return
     from hotlimit import _bench
@@ -32,6 +36,20 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             tr.write_line(f"  {r.name:<42}{r.ns_per_call:9.1f} ns {ratio}")
     for name, v in MEMORY.items():
         tr.write_line(f"memory {name}: {'n/a' if v is None else f'{v:.1f} bytes/key'}")
+
+
+def _redis_summary(tr: Any) -> None:
+    tr.section("hotlimit redis mode: medians from this run")
+    for g in sorted({g for g, _ in REDIS}):
+        tr.write_line(g)
+        rows = sorted(((n, v) for (gg, n), v in REDIS.items() if gg == g), key=lambda r: r[1])
+        floor = REDIS.get((g, "floor: EVALSHA return 1, same connection"))
+        for name, v in rows:
+            if "throughput" in g:
+                tr.write_line(f"  {name:<44}{v:12,.0f} /s")
+            else:
+                ratio = f"{v / floor:7.2f}x EVALSHA floor" if floor else ""
+                tr.write_line(f"  {name:<44}{v / 1000:9.1f} us {ratio}")
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 pub mod algo;
 pub mod clock;
 pub mod config;
+pub mod deny;
 pub mod gcra;
 pub mod log;
 mod py;
@@ -16,8 +17,8 @@ use pyo3::prelude::*;
 mod _native {
     #[pymodule_export]
     use crate::py::{
-        _after_fork_child, _after_fork_parent, _before_fork, _sweeper_passes, Decision, ManualClock,
-        NativeLimiter, Noop,
+        _after_fork_child, _after_fork_parent, _before_fork, _sweeper_passes, Decision, DenyFront,
+        ManualClock, NativeLimiter, Noop,
     };
 
     #[pymodule_export]

@@ -14,6 +14,7 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyString};
 use crate::algo::Outcome;
 use crate::clock::Clock;
 use crate::config::{py_float, Algorithm, ConfigError, Options, Params, MAX_KEY_BYTES};
+use crate::deny::DenyCache;
 use crate::log::SlidingLog;
 use crate::table::{self, hash_key, Engine, Full, KeyHash, LogEngine, WordEngine};
 use crate::window::{FixedWindow, SlidingWindow};
@@ -528,4 +529,165 @@ pub fn _after_fork_child() {
 #[pyfunction]
 pub fn _sweeper_passes() -> u64 {
     table::sweeper_passes()
+}
+
+/// The front of a shared-store (Redis) limiter: answers requests that a cached denial covers
+/// natively, and hands every other one to the Python store path (`miss_hit` / `miss_peek`,
+/// called with `(key, cost)`), which reports its denials back through `record`.
+#[pyclass(frozen, module = "hotlimit._native")]
+#[derive(Debug)]
+pub struct DenyFront {
+    cache: Arc<DenyCache>,
+    limit: u64,
+    capacity: u64,
+    enabled: bool,
+    miss_hit: Py<PyAny>,
+    miss_peek: Py<PyAny>,
+}
+
+impl DenyFront {
+    /// The cached denial for this request, if caching is on, the request is well-formed and a
+    /// denial covers it. Malformed requests go to the store path, which names the problem.
+    #[inline]
+    fn cached(&self, key: &Bound<'_, PyAny>, cost: Option<&Bound<'_, PyAny>>) -> Option<Decision> {
+        if !self.enabled {
+            return None;
+        }
+        let cost = match cost {
+            None => 1,
+            Some(c) if c.is_instance_of::<PyInt>() && !c.is_instance_of::<PyBool>() => {
+                match c.extract::<u64>() {
+                    Ok(n) if n >= 1 && n <= self.capacity => n,
+                    _ => return None,
+                }
+            }
+            Some(_) => return None,
+        };
+        let key = key_hash(key).ok()?;
+        let o = self.cache.check(&key, cost)?;
+        Some(Decision {
+            allowed: false,
+            limit: self.limit,
+            remaining: o.remaining,
+            reset_after: secs(o.reset_after),
+            retry_after: secs(o.retry_after),
+        })
+    }
+
+    fn miss<'py>(
+        &self,
+        f: &Py<PyAny>,
+        key: &Bound<'py, PyAny>,
+        cost: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = key.py();
+        match cost {
+            Some(c) => f.bind(py).call1((key, c)),
+            None => f.bind(py).call1((key, 1)),
+        }
+    }
+}
+
+#[pymethods]
+impl DenyFront {
+    #[new]
+    #[pyo3(signature = (*, limit, capacity, miss_hit, miss_peek, enabled = true, max_keys = 65_536, clock = None))]
+    fn new(
+        limit: u64,
+        capacity: u64,
+        miss_hit: Py<PyAny>,
+        miss_peek: Py<PyAny>,
+        enabled: bool,
+        max_keys: usize,
+        clock: Option<&Bound<'_, ManualClock>>,
+    ) -> PyResult<Self> {
+        if max_keys == 0 {
+            return Err(InvalidArgumentError::new_err(
+                "max_keys must be at least 1, got 0",
+            ));
+        }
+        let clock = clock.map_or(Clock::Monotonic, |c| c.get().clock.clone());
+        let shards = (max_keys / 4096).clamp(16, 1024).next_power_of_two();
+        let cache = Arc::new(DenyCache::new(shards, max_keys, clock, Duration::from_secs(1)));
+        if enabled {
+            let engine: Arc<dyn Engine> = cache.clone();
+            table::register(&engine);
+        }
+        Ok(DenyFront {
+            cache,
+            limit,
+            capacity,
+            enabled,
+            miss_hit,
+            miss_peek,
+        })
+    }
+
+    /// `hit`: a cached denial if one covers the request, else the store's answer.
+    #[pyo3(signature = (key, cost = None))]
+    fn hit<'py>(
+        &self,
+        key: &Bound<'py, PyAny>,
+        cost: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if let Some(d) = self.cached(key, cost) {
+            return Ok(Bound::new(key.py(), d)?.into_any());
+        }
+        self.miss(&self.miss_hit, key, cost)
+    }
+
+    /// `peek`, the same way.
+    #[pyo3(signature = (key, cost = None))]
+    fn peek<'py>(
+        &self,
+        key: &Bound<'py, PyAny>,
+        cost: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if let Some(d) = self.cached(key, cost) {
+            return Ok(Bound::new(key.py(), d)?.into_any());
+        }
+        self.miss(&self.miss_peek, key, cost)
+    }
+
+    /// `hit(key, cost).allowed`.
+    #[pyo3(signature = (key, cost = None))]
+    fn allow(&self, key: &Bound<'_, PyAny>, cost: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
+        if self.cached(key, cost).is_some() {
+            return Ok(false);
+        }
+        self.miss(&self.miss_hit, key, cost)?.is_truthy()
+    }
+
+    /// The cached denial covering this request, or None (for the async paths).
+    #[pyo3(signature = (key, cost = None))]
+    fn check(&self, key: &Bound<'_, PyAny>, cost: Option<&Bound<'_, PyAny>>) -> Option<Decision> {
+        self.cached(key, cost)
+    }
+
+    /// Remembers a denial from the store (times in ns). False if not kept (cache off or full).
+    fn record(
+        &self,
+        key: &Bound<'_, PyAny>,
+        cost: u64,
+        remaining: u64,
+        reset_after_ns: u64,
+        retry_after_ns: u64,
+    ) -> PyResult<bool> {
+        if !self.enabled {
+            return Ok(false);
+        }
+        let key = key_hash(key)?;
+        Ok(self
+            .cache
+            .record(&key, cost, remaining, reset_after_ns, retry_after_ns))
+    }
+
+    /// Drops the key's cached denial; true if there was one.
+    fn forget(&self, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Ok(self.cache.forget(&key_hash(key)?))
+    }
+
+    fn __len__(&self) -> usize {
+        self.cache.len()
+    }
 }

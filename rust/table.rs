@@ -661,6 +661,45 @@ mod tests {
     }
 
     #[test]
+    fn refund_gives_back_exactly_what_was_taken() {
+        let t = Arc::new(AtomicU64::new(1_000 * S + 123));
+        let clock = Clock::Manual(t.clone());
+        let si = Duration::from_secs(1);
+        let engines: Vec<Arc<dyn Engine>> = vec![
+            Arc::new(gcra(10, 100, &clock)),
+            Arc::new(WordEngine::new(
+                FixedWindow::new(10, S),
+                4,
+                100,
+                clock.clone(),
+                si,
+            )),
+            Arc::new(WordEngine::new(
+                SlidingWindow::new(10, S),
+                4,
+                100,
+                clock.clone(),
+                si,
+            )),
+            Arc::new(LogEngine::new(SlidingLog::new(10, S), 4, 100, clock.clone(), si)),
+        ];
+        let k = hash_key(b"k");
+        for e in &engines {
+            assert!(e.decide(&k, 3, true).unwrap().allowed);
+            let before = e.decide(&k, 1, false).unwrap();
+            assert!(e.decide(&k, 4, true).unwrap().allowed);
+            e.refund(&k, 4);
+            assert_eq!(e.decide(&k, 1, false).unwrap().remaining, before.remaining);
+            e.refund(&k, 3);
+            assert_eq!(
+                e.decide(&k, 1, false).unwrap().remaining,
+                9,
+                "back to a fresh key"
+            );
+        }
+    }
+
+    #[test]
     fn max_keys_reclaims_fresh_keys_and_never_drops_live_ones() {
         let clock = Clock::manual(1_000 * S);
         // One shard so reclaiming sees every key.

@@ -150,10 +150,35 @@ class Limiter:
 
         self._resp = resp
         self._frags = {mode: resp([mode, 1, *self._spec]) for mode in "hpr"}
-        if isinstance(deny, bool) is False:
+        if not isinstance(deny, bool):
             raise InvalidArgumentError(f"deny_cache must be True or False, got {deny!r}")
-        self._deny: dict[bytes | str, tuple[int, int, int, int, int]] | None = {} if deny else None
         self._store = _store_for(target, timeout, self._clock)
+        # Cached denials are answered natively; everything else comes back here. The front
+        # holds this limiter only weakly (a strong reference would be an uncollectable cycle
+        # through the native object).
+        ref = weakref.ref(self)
+
+        def miss(mode: str) -> Any:
+            def call(key: Key, cost: object) -> Decision:
+                limiter = ref()
+                if limiter is None:
+                    raise InvalidArgumentError("this limiter has been garbage-collected")
+                return limiter._redis_hit(key, cost, mode)
+
+            return call
+
+        self._front = _native.DenyFront(
+            limit=rate.limit,
+            capacity=self.capacity,
+            miss_hit=miss("h"),
+            miss_peek=miss("p"),
+            enabled=deny,
+            clock=self._clock,
+        )
+        cls = type(self)
+        for hot in ("hit", "peek", "allow"):
+            if getattr(cls, hot) is getattr(Limiter, hot):
+                self.__dict__[hot] = getattr(self._front, hot)
 
     # -- the Redis path ---------------------------------------------------------------------
 
@@ -181,104 +206,65 @@ class Limiter:
             retry_after=r[at + 3] / _NS,
         )
 
-    def _now_ns(self) -> int:
-        # The deny cache measures waits on this process's clock; only their length came from
-        # the server.
-        return self._native.now_ns()
-
-    def _cached_denial(self, key: Key, cost: int) -> Decision | None:
-        deny = self._deny
-        if not deny:
-            return None
-        entry = deny.get(key)
-        if entry is None:
-            return None
-        until, min_cost, remaining, reset_at, _ = entry
-        if cost < min_cost:
-            return None
-        now = self._now_ns()
-        if now >= until:
-            deny.pop(key, None)
-            return None
-        return Decision(
-            allowed=False,
-            limit=self.rate.limit,
-            remaining=remaining,
-            reset_after=max(reset_at - now, 0) / _NS,
-            retry_after=(until - now) / _NS,
-        )
-
     def _remember(self, key: Key, cost: int, r: Sequence[int], at: int = 0) -> None:
-        deny = self._deny
-        if deny is None or r[at] or r[at + 3] <= 0:
-            return
-        if len(deny) >= 65_536:
-            now = self._now_ns()
-            for k in [k for k, e in deny.items() if e[0] <= now]:
-                deny.pop(k, None)
-            if len(deny) >= 65_536:
-                return
-        now = self._now_ns()
-        old = deny.get(key)
-        min_cost = cost if old is None or old[0] <= now else min(cost, old[1])
-        deny[key] = (now + r[at + 3], min_cost, r[at + 1], now + r[at + 2], 0)
+        if not r[at] and r[at + 3] > 0:
+            self._front.record(key, cost, r[at + 1], r[at + 2], r[at + 3])
 
-    def _op(self, mode: str, key: Key, cost: int) -> tuple[list[str], list[str | int], bytes]:
+    def _op(self, mode: str, key: Key, cost: int) -> tuple[list[str], list[str | int], bytes, bytes]:
         frag = self._frags[mode] + (_COST_1 if cost == 1 else self._resp([cost]))
-        return [self.redis_key(key)], [mode, 1, *self._spec, cost], frag
+        rk = self.redis_key(key)
+        kb = rk.encode()
+        return [rk], [mode, 1, *self._spec, cost], frag, b"$%d\r\n%s\r\n" % (len(kb), kb)
 
     def _redis_hit(self, key: Key, cost: object, mode: str) -> Decision:
+        # The native front has already looked in the deny cache (see _init_redis).
         n = self._cost(cost)
-        cached = self._cached_denial(key, n)
-        if cached is not None:
-            return cached
         assert self._store is not None
-        keys, args, frag = self._op(mode, key, n)
-        r = self._store.call(keys, args, 1, frag)
+        keys, args, frag, kfrag = self._op(mode, key, n)
+        r = self._store.call(keys, args, 1, frag, kfrag)
         self._remember(key, n, r)
         return self._decision(r)
 
     async def _aredis_hit(self, key: Key, cost: object, mode: str) -> Decision:
         n = self._cost(cost)
-        cached = self._cached_denial(key, n)
+        cached = self._front.check(key, n)
         if cached is not None:
             return cached
         assert self._store is not None
-        keys, args, frag = self._op(mode, key, n)
-        r = await self._store.acall(keys, args, 1, frag)
+        keys, args, frag, kfrag = self._op(mode, key, n)
+        r = await self._store.acall(keys, args, 1, frag, kfrag)
         self._remember(key, n, r)
         return self._decision(r)
 
     def _forget(self, key: Key) -> None:
-        if self._deny:
-            self._deny.pop(key, None)
+        self._front.forget(key)
 
     # -- synchronous API (these bodies run only in subclasses that override nothing) --------
 
     def hit(self, key: Key, cost: int = 1) -> Decision:
         """Consumes ``cost`` units for ``key`` if available. Never raises for a denial."""
         if self._store is not None:
-            return self._redis_hit(key, cost, "h")
+            return self._front.hit(key, cost)
         return self._native.hit(key, cost)
 
     def peek(self, key: Key, cost: int = 1) -> Decision:
         """What ``hit`` would answer now, consuming nothing."""
         if self._store is not None:
-            return self._redis_hit(key, cost, "p")
+            return self._front.peek(key, cost)
         return self._native.peek(key, cost)
 
     def allow(self, key: Key, cost: int = 1) -> bool:
         """``hit(key, cost).allowed``, without building a Decision (the fastest call)."""
         if self._store is not None:
-            return self._redis_hit(key, cost, "h").allowed
+            return self._front.allow(key, cost)
         return self._native.allow(key, cost)
 
     def reset(self, key: Key) -> bool:
         """Forgets ``key``; True if it was tracked."""
         if self._store is not None:
             self._forget(key)
-            keys, args, frag = self._op("r", key, 1)
-            return bool(self._store.call(keys, args, 1, frag)[0])
+            keys, args, frag, kfrag = self._op("r", key, 1)
+            return bool(self._store.call(keys, args, 1, frag, kfrag)[0])
         return self._native.reset(key)
 
     def acquire(self, key: Key, cost: int = 1, timeout: float | None = None) -> Decision:
@@ -346,8 +332,8 @@ class Limiter:
         """Async ``reset``."""
         if self._store is not None:
             self._forget(key)
-            keys, args, frag = self._op("r", key, 1)
-            return bool((await self._store.acall(keys, args, 1, frag))[0])
+            keys, args, frag, kfrag = self._op("r", key, 1)
+            return bool((await self._store.acall(keys, args, 1, frag, kfrag))[0])
         return self.reset(key)
 
     async def aacquire(self, key: Key, cost: int = 1, timeout: float | None = None) -> Decision:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from _thread import allocate_lock as _lock
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -37,6 +38,8 @@ Reply = list[int]
 
 #: Requests sent in one script call at most; the rest go in the next flight.
 MAX_BATCH = 256
+#: Flights a leading thread sends after its own before handing the lead on.
+LEADER_EXTRA_FLIGHTS = 1
 
 _SyncClient = redis.Redis | redis.RedisCluster
 _AsyncClient = redis.asyncio.Redis | redis.asyncio.RedisCluster
@@ -52,19 +55,27 @@ def resp(items: Sequence[str | int | bytes]) -> bytes:
 
 
 _SHA_HEAD = resp(["EVALSHA", SHA])
+_SMALL = [resp([n]) for n in range(1024)]
+_NO_TIME = resp(["", ""])
 
 
 class _Request:
-    __slots__ = ("args", "error", "event", "frag", "future", "keys", "lead", "nops", "reply")
+    __slots__ = ("args", "error", "event", "frag", "future", "keys", "kfrag", "lead", "nops", "reply")
 
-    def __init__(self, keys: list[str], args: Args, nops: int, frag: bytes | None) -> None:
+    def __init__(
+        self, keys: list[str], args: Args, nops: int, frag: bytes | None, kfrag: bytes | None
+    ) -> None:
         self.keys = keys
         self.args = args
-        self.frag = frag  # `args` already in RESP form, when the caller had it at hand
+        # `args` and `keys` already in RESP form, when the caller had them at hand
+        self.frag = frag
+        self.kfrag = kfrag
         self.nops = nops
         self.reply: Reply | None = None
         self.error: BaseException | None = None
-        self.event: threading.Event | None = None
+        # A waiting thread blocks on this lock, acquired twice; whoever finishes its request
+        # (or hands it the lead) releases it. Cheaper than an Event, which wraps a Condition.
+        self.event: Any = None
         self.future: asyncio.Future[None] | None = None
         self.lead = False
 
@@ -111,16 +122,16 @@ def _packed(batch: list[_Request], time_args: Args) -> bytes:
     """The whole EVALSHA command for a batch, encoded once, without redis-py's packer."""
     nkeys = 0
     nargs = len(time_args)
-    parts = [b"", _SHA_HEAD, b"", b""]
+    parts = [b"", _SHA_HEAD, b""]
     for r in batch:
         nkeys += len(r.keys)
-        parts.append(resp(r.keys))
-    parts.append(resp(time_args))
+        parts.append(r.kfrag if r.kfrag is not None else resp(r.keys))
+    parts.append(_NO_TIME if time_args[0] == "" else resp(time_args))
     for r in batch:
         nargs += len(r.args)
         parts.append(r.frag if r.frag is not None else resp(r.args))
     parts[0] = b"*%d\r\n" % (3 + nkeys + nargs)
-    parts[2] = resp([nkeys])
+    parts[2] = _SMALL[nkeys] if nkeys < 1024 else resp([nkeys])
     return b"".join(parts)
 
 
@@ -136,26 +147,36 @@ class _SyncLane:
         with self._lock:
             self._queue.append(req)
             if self._busy:
-                req.event = threading.Event()
+                req.event = _lock()
+                req.event.acquire()
             else:
                 self._busy = True
                 req.lead = True
         if req.event is not None:
-            req.event.wait()
+            req.event.acquire()
             if not req.lead:
                 return req.outcome()
+        flights = 0
         try:
-            with self._lock:
-                batch = self._queue[:MAX_BATCH]
-                del self._queue[:MAX_BATCH]
-            self._flight(batch)
+            while True:
+                with self._lock:
+                    batch = self._queue[:MAX_BATCH]
+                    del self._queue[:MAX_BATCH]
+                self._flight(batch)
+                flights += 1
+                # Flying the next batch at once keeps a thread wake-up off the critical path
+                # (the woken threads run while it is in the air); the count bounds how long
+                # this caller's own answer waits.
+                with self._lock:
+                    if not self._queue or flights > LEADER_EXTRA_FLIGHTS:
+                        break
         finally:
             with self._lock:
                 if self._queue:
                     nxt = self._queue[0]
                     nxt.lead = True
                     assert nxt.event is not None
-                    nxt.event.set()
+                    nxt.event.release()
                 else:
                     self._busy = False
         return req.outcome()
@@ -170,7 +191,7 @@ class _SyncLane:
         finally:
             for r in batch:
                 if r.event is not None and not r.lead:
-                    r.event.set()
+                    r.event.release()
 
 
 class _AsyncLane:
@@ -480,13 +501,21 @@ class RedisStore:
 
     # -- calls ---------------------------------------------------------------------------------
 
-    def call(self, keys: list[str], args: Args, nops: int, frag: bytes | None = None) -> Reply:
+    def call(
+        self, keys: list[str], args: Args, nops: int, frag: bytes | None = None, kfrag: bytes | None = None
+    ) -> Reply:
         """Runs one group of ops (possibly batched with other callers'); four ints per op.
-        ``frag``, if given, is ``args`` already encoded by :func:`resp`."""
-        return self._sync_lane(self.slot(keys)).submit(_Request(keys, args, nops, frag))
+        ``frag`` and ``kfrag``, if given, are ``args`` and ``keys`` already encoded by
+        :func:`resp`."""
+        lane = self._sync_lanes.get(0) if not self._cluster else None
+        if lane is None:
+            lane = self._sync_lane(self.slot(keys))
+        return lane.submit(_Request(keys, args, nops, frag, kfrag))
 
-    async def acall(self, keys: list[str], args: Args, nops: int, frag: bytes | None = None) -> Reply:
-        return await self._async_lane(self.slot(keys)).submit(_Request(keys, args, nops, frag))
+    async def acall(
+        self, keys: list[str], args: Args, nops: int, frag: bytes | None = None, kfrag: bytes | None = None
+    ) -> Reply:
+        return await self._async_lane(self.slot(keys)).submit(_Request(keys, args, nops, frag, kfrag))
 
     @property
     def is_cluster(self) -> bool | None:

@@ -1,10 +1,14 @@
 -- hotlimit: helpers shared by every algorithm.
 --
 -- Lua numbers are doubles: integers are exact up to 2^53 (about 104 days in nanoseconds), so
--- no absolute nanosecond time is ever formed. Time is carried as whole seconds `s` plus
--- nanoseconds `n` within that second, and each algorithm keeps its state relative to a base
--- second stored with it. Every product and difference below stays under 2^53 for the limits
--- hotlimit accepts (periods up to 100 days, see rate.py).
+-- no absolute nanosecond time is ever formed. Time is carried as whole seconds `t.s` plus
+-- nanoseconds `t.n` within that second (and as whole milliseconds `t.ms` plus the rest
+-- `t.sub`), and each algorithm keeps its state relative to a base it stores. Every product
+-- and difference below stays under 2^53 for the limits hotlimit accepts (periods up to 100
+-- days, sliding-window limits up to 1,000,000, see rate.py and the native core).
+--
+-- The algorithm files are code blocks, not functions: script.py splices them into the
+-- dispatcher in main.lua, so a call does not pay for creating a closure per algorithm.
 
 local NS_PER_MS = 1000000
 local NS_PER_S = 1000000000
@@ -23,22 +27,5 @@ end
 
 -- An integer as a decimal string, never in exponent form.
 local function int(x)
-  return string.format('%.0f', x)
-end
-
--- A TTL in whole milliseconds, rounded up, at least 1.
-local function ttl_ms(ns)
-  local ms = idiv(ns + NS_PER_MS - 1, NS_PER_MS)
-  if ms < 1 then
-    return 1
-  end
-  return ms
-end
-
-local function words(raw)
-  local out = {}
-  for w in string.gmatch(raw, '%S+') do
-    out[#out + 1] = tonumber(w)
-  end
-  return out
+  return string.format('%d', x)
 end

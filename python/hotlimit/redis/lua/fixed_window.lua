@@ -1,32 +1,33 @@
 -- Fixed window aligned to the clock. State: "<window number> <count>".
 -- A window is period_ms milliseconds; window w covers [w * period, (w + 1) * period).
-
-local function fixed_window(key, t, limit, period_ms, cost, commit)
+-- In: key, t, cost, commit, limit, period_ms. Out: allowed, remaining, reset, retry.
+do
   local window = idiv(t.ms, period_ms)
   local until_end = ((window + 1) * period_ms - t.ms) * NS_PER_MS - t.sub
   local count = 0
   local raw = redis.call('GET', key)
   if raw then
-    local w = words(raw)
+    local sp = string.find(raw, ' ', 1, true)
+    local w, c = tonumber(string.sub(raw, 1, sp - 1)), tonumber(string.sub(raw, sp + 1))
     -- A request that arrives late (its clock behind the one that opened the next window)
     -- counts in that newer window, never rewinds it.
-    if w[2] > 0 and w[1] == window + 1 then
+    if c > 0 and w == window + 1 then
       window = window + 1
       until_end = period_ms * NS_PER_MS
     end
-    if w[1] == window then
-      count = w[2]
+    if w == window then
+      count = c
     end
   end
   if count + cost <= limit then
     if commit then
-      redis.call('SET', key, int(window) .. ' ' .. int(count + cost), 'PX', ttl_ms(until_end))
+      redis.call('PSETEX', key, idiv(until_end + NS_PER_MS - 1, NS_PER_MS), int(window) .. ' ' .. int(count + cost))
     end
-    return 1, limit - count - cost, until_end, 0
+    allowed, remaining, reset, retry = 1, limit - count - cost, until_end, 0
+  else
+    allowed, remaining, reset, retry = 0, limit - count, 0, until_end
+    if count > 0 then
+      reset = until_end
+    end
   end
-  local reset = 0
-  if count > 0 then
-    reset = until_end
-  end
-  return 0, limit - count, reset, until_end
 end

@@ -22,19 +22,25 @@ end
 t.ms = t.s * 1000 + idiv(t.n, NS_PER_MS)
 t.sub = t.n % NS_PER_MS
 
-local function decide(key, a, i, commit)
-  local algo = a[i]
-  local limit, period_ms, cost = tonumber(a[i + 1]), tonumber(a[i + 2]), tonumber(a[i + 5])
+local function decide(key, i, commit)
+  local algo, cost = ARGV[i], tonumber(ARGV[i + 5])
+  local allowed, remaining, reset, retry
   if algo == 't' then
-    return token_bucket(key, t, tonumber(a[i + 3]), tonumber(a[i + 4]), cost, commit)
-  elseif algo == 's' then
-    return sliding_window(key, t, limit, period_ms, cost, commit)
-  elseif algo == 'f' then
-    return fixed_window(key, t, limit, period_ms, cost, commit)
-  elseif algo == 'l' then
-    return sliding_log(key, t, limit, period_ms, cost, commit)
+    local emission, capacity = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+    --@ token_bucket
+  else
+    local limit, period_ms = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+    if algo == 'f' then
+      --@ fixed_window
+    elseif algo == 's' then
+      --@ sliding_window
+    elseif algo == 'l' then
+      --@ sliding_log
+    else
+      error('hotlimit: unknown algorithm ' .. tostring(algo))
+    end
   end
-  return redis.error_reply('hotlimit: unknown algorithm ' .. tostring(algo))
+  return allowed, remaining, reset, retry
 end
 
 local out = {}
@@ -55,14 +61,14 @@ while arg <= #ARGV do
       -- Check every op first; consume only if all are allowed.
       commit = true
       for j = 0, n - 1 do
-        if decide(KEYS[k + j], ARGV, first + 6 * j, false) == 0 then
+        if decide(KEYS[k + j], first + 6 * j, false) == 0 then
           commit = false
           break
         end
       end
     end
     for j = 0, n - 1 do
-      local allowed, remaining, reset, retry = decide(KEYS[k + j], ARGV, first + 6 * j, commit)
+      local allowed, remaining, reset, retry = decide(KEYS[k + j], first + 6 * j, commit)
       out[#out + 1] = allowed
       out[#out + 1] = remaining
       out[#out + 1] = reset

@@ -4,9 +4,9 @@
 -- when the base moves. The base moves forward once offsets pass REBASE_NS, which keeps every
 -- score (at most REBASE_NS + one period) exact in a double.
 
-local REBASE_NS = 2 ^ 48 -- about 3.3 days
-
-local function sliding_log(key, t, limit, period_ms, cost, commit)
+-- In: key, t, cost, commit, limit, period_ms. Out: allowed, remaining, reset, retry.
+do
+  local REBASE_NS = 2 ^ 48 -- about 3.3 days
   local period = period_ms * NS_PER_MS
   local head = redis.call('ZRANGE', key, 0, 0)
   local base = t.s
@@ -61,10 +61,11 @@ local function sliding_log(key, t, limit, period_ms, cost, commit)
       end
       redis.call('PEXPIRE', key, period_ms)
     end
-    return 1, limit - count - cost, period, 0
+    allowed, remaining, reset, retry = 1, limit - count - cost, period, 0
+  else
+    -- Allowed once the oldest (count + cost - limit) live units have left the window.
+    local excess = count + cost - limit
+    local unit = redis.call('ZRANGEBYSCORE', key, horizon, '+inf', 'WITHSCORES', 'LIMIT', excess - 1, 1)
+    allowed, remaining, reset, retry = 0, limit - count, newest + period - now, tonumber(unit[2]) + period - now
   end
-  -- Allowed once the oldest (count + cost - limit) live units have left the window.
-  local excess = count + cost - limit
-  local unit = redis.call('ZRANGEBYSCORE', key, horizon, '+inf', 'WITHSCORES', 'LIMIT', excess - 1, 1)
-  return 0, limit - count, newest + period - now, tonumber(unit[2]) + period - now
 end

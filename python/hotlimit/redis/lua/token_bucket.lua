@@ -1,13 +1,12 @@
 -- Token bucket as GCRA. State: "<base second> <TAT in ns after the base second>".
--- Emission interval T and capacity (burst * T) arrive precomputed in nanoseconds.
--- Times below are nanoseconds after the current second t.s; t.n is now.
-
-local function token_bucket(key, t, emission, capacity, cost, commit)
+-- In: key, t, cost, commit, emission (T) and capacity (burst * T) in ns.
+-- Out: allowed, remaining, reset, retry. Times are ns after the current second t.s.
+do
   local tat = t.n
   local raw = redis.call('GET', key)
   if raw then
-    local w = words(raw)
-    local stored = w[2] - (t.s - w[1]) * NS_PER_S
+    local sp = string.find(raw, ' ', 1, true)
+    local stored = tonumber(string.sub(raw, sp + 1)) - (t.s - tonumber(string.sub(raw, 1, sp - 1))) * NS_PER_S
     if stored > tat then
       tat = stored
     end
@@ -19,9 +18,10 @@ local function token_bucket(key, t, emission, capacity, cost, commit)
   if waited <= room then
     local after = waited + cost * emission
     if commit then
-      redis.call('SET', key, int(t.s) .. ' ' .. int(t.n + after), 'PX', ttl_ms(after))
+      redis.call('PSETEX', key, idiv(after + NS_PER_MS - 1, NS_PER_MS), int(t.s) .. ' ' .. int(t.n + after))
     end
-    return 1, idiv(capacity - after, emission), after, 0
+    allowed, remaining, reset, retry = 1, idiv(capacity - after, emission), after, 0
+  else
+    allowed, remaining, reset, retry = 0, idiv(capacity - waited, emission), waited, waited - room
   end
-  return 0, idiv(capacity - waited, emission), waited, waited - room
 end
