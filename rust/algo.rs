@@ -28,4 +28,8 @@ pub trait WordAlgorithm: Send + Sync + 'static {
     /// Gives back `cost` units consumed moments ago (an all-or-nothing batch that failed
     /// later): the word with that consumption taken out, never below a fresh state.
     fn refund(&self, word: u64, now: u64, cost: u64) -> u64;
+
+    /// The word with exactly `available` units left now (capped at what a fresh key has):
+    /// how hybrid mode folds the shared state into the local one.
+    fn set_available(&self, word: u64, now: u64, available: u64) -> u64;
 }

@@ -57,7 +57,8 @@ impl WordAlgorithm for Gcra {
             // Stored TATs only come from allowed hits, so tat - now <= capacity here.
             let outcome = Outcome {
                 allowed: false,
-                remaining: (self.capacity - (tat - now)) / self.emission,
+                // Saturating: a state folded in from the shared store may be past capacity.
+                remaining: self.capacity.saturating_sub(tat - now) / self.emission,
                 reset_after: tat - now,
                 retry_after: new_tat - now - self.capacity,
             };
@@ -68,6 +69,17 @@ impl WordAlgorithm for Gcra {
     #[inline]
     fn is_fresh(&self, word: u64, now: u64) -> bool {
         word <= now
+    }
+
+    fn set_available(&self, _word: u64, now: u64, available: u64) -> u64 {
+        let used = self
+            .capacity
+            .saturating_sub(available.saturating_mul(self.emission));
+        if used == 0 {
+            0
+        } else {
+            now + used
+        }
     }
 
     fn refund(&self, word: u64, now: u64, cost: u64) -> u64 {

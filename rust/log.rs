@@ -98,7 +98,7 @@ impl SlidingLog {
             let newest = log.runs.back().map_or(now, |&(t, _)| t + self.period);
             Outcome {
                 allowed: false,
-                remaining: self.limit - count,
+                remaining: self.limit.saturating_sub(count),
                 reset_after: newest - now,
                 retry_after: retry_at - now,
             }

@@ -177,6 +177,80 @@ pub struct NativeLimiter {
     params: Params,
     on_full: OnFull,
     full_events: AtomicU64,
+    /// With `track=True`: the units each key consumed since the last `drain`.
+    tracker: Option<Tracker>,
+}
+
+/// Consumption not yet sent to the shared store, per key: hybrid mode's deltas, and what a
+/// fallback limiter admitted during an outage. Keeps the key object itself (the table only
+/// has its hash) so the store can be told which key.
+struct Tracker {
+    shards: Box<[parking_lot::Mutex<TrackMap>]>,
+}
+
+type TrackMap = std::collections::HashMap<KeyHash, (Py<PyAny>, u64), BuildFold>;
+
+/// Keys are already secret-keyed 128-bit hashes: folding their words is a good enough hash.
+#[derive(Clone, Copy, Default)]
+struct BuildFold;
+
+#[derive(Default)]
+struct Fold(u64);
+
+impl std::hash::BuildHasher for BuildFold {
+    type Hasher = Fold;
+    fn build_hasher(&self) -> Fold {
+        Fold(0)
+    }
+}
+
+impl std::hash::Hasher for Fold {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0.rotate_left(23) ^ x).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn write_usize(&mut self, x: usize) {
+        self.write_u64(x as u64);
+    }
+}
+
+impl Tracker {
+    fn new() -> Self {
+        Tracker {
+            shards: (0..64)
+                .map(|_| parking_lot::Mutex::new(TrackMap::with_hasher(BuildFold)))
+                .collect(),
+        }
+    }
+
+    #[inline]
+    fn add(&self, hash: &KeyHash, key: &Bound<'_, PyAny>, cost: u64) {
+        let mut shard = self.shards[(hash[1] as usize) & 63].lock();
+        match shard.entry(*hash) {
+            std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().1 += cost,
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert((key.clone().unbind(), cost));
+            }
+        }
+    }
+
+    fn drain(&self) -> Vec<(Py<PyAny>, u64)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let taken = std::mem::take(&mut *shard.lock());
+            out.extend(taken.into_values());
+        }
+        out
+    }
 }
 
 impl std::fmt::Debug for NativeLimiter {
@@ -221,6 +295,18 @@ fn key_hash(key: &Bound<'_, PyAny>) -> PyResult<KeyHash> {
 }
 
 impl NativeLimiter {
+    /// A consuming decision, recorded for the shared store when tracking.
+    #[inline]
+    fn consume(&self, key: &Bound<'_, PyAny>, hash: &KeyHash, cost: u64) -> Outcome {
+        let o = self.decide(hash, cost, true);
+        if o.allowed {
+            if let Some(t) = &self.tracker {
+                t.add(hash, key, cost);
+            }
+        }
+        o
+    }
+
     #[inline]
     fn cost(&self, cost: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
         let Some(cost) = cost else { return Ok(1) };
@@ -291,7 +377,7 @@ impl NativeLimiter {
     #[new]
     #[pyo3(signature = (
         *, algorithm, limit, period_ns, burst = None, max_keys = 1_000_000, shards = None,
-        clock = None, on_full = "deny", sweep_interval = 1.0
+        clock = None, on_full = "deny", sweep_interval = 1.0, track = false
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -304,6 +390,7 @@ impl NativeLimiter {
         clock: Option<&Bound<'_, ManualClock>>,
         on_full: &str,
         sweep_interval: f64,
+        track: bool,
     ) -> PyResult<Self> {
         let params = Params::check(&Options {
             algorithm: Algorithm::parse(algorithm)?,
@@ -355,6 +442,7 @@ impl NativeLimiter {
             params,
             on_full,
             full_events: AtomicU64::new(0),
+            tracker: track.then(Tracker::new),
         })
     }
 
@@ -362,8 +450,8 @@ impl NativeLimiter {
     #[pyo3(signature = (key, cost = None))]
     fn hit(&self, key: &Bound<'_, PyAny>, cost: Option<&Bound<'_, PyAny>>) -> PyResult<Decision> {
         let cost = self.cost(cost)?;
-        let key = key_hash(key)?;
-        Ok(self.decision(self.decide(&key, cost, true)))
+        let hash = key_hash(key)?;
+        Ok(self.decision(self.consume(key, &hash, cost)))
     }
 
     /// What `hit` would answer, consuming nothing.
@@ -378,8 +466,8 @@ impl NativeLimiter {
     #[pyo3(signature = (key, cost = None))]
     fn allow(&self, key: &Bound<'_, PyAny>, cost: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
         let cost = self.cost(cost)?;
-        let key = key_hash(key)?;
-        Ok(self.decide(&key, cost, true).allowed)
+        let hash = key_hash(key)?;
+        Ok(self.consume(key, &hash, cost).allowed)
     }
 
     /// Forgets `key`: its next request is treated as a new client's. True if it was tracked.
@@ -394,6 +482,19 @@ impl NativeLimiter {
         let cost = self.cost(cost)?;
         self.engine.refund(&key_hash(key)?, cost);
         Ok(())
+    }
+
+    /// The units consumed per key since the last drain, as `[(key, units), ...]`; empty unless
+    /// made with `track=True`.
+    fn drain<'py>(&self, py: Python<'py>) -> Vec<(Py<PyAny>, u64)> {
+        let _ = py;
+        self.tracker.as_ref().map_or_else(Vec::new, Tracker::drain)
+    }
+
+    /// Leaves exactly `available` units for `key` now (hybrid mode's fold of the shared
+    /// state). False for the sliding log, or when the table is full.
+    fn set_available(&self, key: &Bound<'_, PyAny>, available: u64) -> PyResult<bool> {
+        Ok(self.engine.set_available(&key_hash(key)?, available))
     }
 
     /// The clock's time in nanoseconds (Unix time scale).
@@ -413,14 +514,14 @@ impl NativeLimiter {
         timeout: Option<f64>,
     ) -> PyResult<Decision> {
         let cost = self.cost(cost)?;
-        let key = key_hash(key)?;
+        let hash = key_hash(key)?;
         let clock = self.engine.clock();
         let deadline = match timeout {
             Some(t) => Some(clock.now().saturating_add(ns_from_secs("timeout", t)?)),
             None => None,
         };
         loop {
-            let o = self.decide(&key, cost, true);
+            let o = self.consume(key, &hash, cost);
             if o.allowed {
                 return Ok(self.decision(o));
             }

@@ -217,6 +217,11 @@ pub trait Engine: Send + Sync + 'static {
     fn reset(&self, key: &KeyHash) -> bool;
     /// Gives back `cost` units just consumed for the key (see `WordAlgorithm::refund`).
     fn refund(&self, key: &KeyHash, cost: u64);
+    /// Leaves exactly `available` units for the key now (hybrid mode's fold). False where the
+    /// algorithm cannot (the sliding log), or when the table is full.
+    fn set_available(&self, _key: &KeyHash, _available: u64) -> bool {
+        false
+    }
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -295,6 +300,35 @@ impl<A: WordAlgorithm> Engine for WordEngine<A> {
 
     fn reset(&self, key: &KeyHash) -> bool {
         self.table.remove(key)
+    }
+
+    fn set_available(&self, key: &KeyHash, available: u64) -> bool {
+        let set = |w: &AtomicU64| {
+            let now = self.clock.now();
+            let mut current = w.load(Ordering::Relaxed);
+            loop {
+                let next = self.algo.set_available(current, now, available);
+                match w.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed) {
+                    Ok(_) => return,
+                    Err(actual) => current = actual,
+                }
+            }
+        };
+        if self.table.with_existing(key, set).is_some() {
+            return true;
+        }
+        if self.algo.set_available(0, self.clock.now(), available) == 0 {
+            return true; // a fresh key already has that much
+        }
+        let algo = &self.algo;
+        let clock = &self.clock;
+        self.table
+            .with_inserted(
+                key,
+                |w| algo.is_fresh(w.load(Ordering::Relaxed), clock.now()),
+                set,
+            )
+            .is_ok()
     }
 
     fn refund(&self, key: &KeyHash, cost: u64) {

@@ -82,7 +82,7 @@ impl WordAlgorithm for FixedWindow {
         } else {
             let outcome = Outcome {
                 allowed: false,
-                remaining: self.limit - count,
+                remaining: self.limit.saturating_sub(count),
                 reset_after: if count > 0 { until_end } else { 0 },
                 retry_after: until_end,
             };
@@ -93,6 +93,16 @@ impl WordAlgorithm for FixedWindow {
     #[inline]
     fn is_fresh(&self, word: u64, now: u64) -> bool {
         self.current(word, now).1 == 0
+    }
+
+    fn set_available(&self, word: u64, now: u64, available: u64) -> u64 {
+        let (window, _) = self.current(word, now);
+        let count = self.limit.saturating_sub(available);
+        if count == 0 {
+            0
+        } else {
+            ((window & 0xFFFF_FFFF) << 32) | count
+        }
     }
 
     fn refund(&self, word: u64, _now: u64, cost: u64) -> u64 {
@@ -261,6 +271,22 @@ impl WordAlgorithm for SlidingWindow {
     fn is_fresh(&self, word: u64, now: u64) -> bool {
         let (c, _) = self.counts(word, now);
         c.prev == 0 && c.curr == 0
+    }
+
+    fn set_available(&self, word: u64, now: u64, available: u64) -> u64 {
+        // The current count that leaves `available` units next to the weighted previous one.
+        let (c, _) = self.counts(word, now);
+        let p = self.period_ms;
+        let weighted = (c.prev * (p - c.elapsed_ms)).div_ceil(p);
+        let curr = self
+            .limit
+            .saturating_sub(available)
+            .saturating_sub(weighted)
+            .min(COUNT_MASK);
+        if curr == 0 && c.prev == 0 {
+            return 0;
+        }
+        ((c.window & TAG_MASK) << (2 * COUNT_BITS)) | (c.prev << COUNT_BITS) | curr
     }
 
     fn refund(&self, word: u64, _now: u64, cost: u64) -> u64 {

@@ -1,6 +1,6 @@
 -- Fixed window aligned to the clock. State: "<window number> <count>".
 -- A window is period_ms milliseconds; window w covers [w * period, (w + 1) * period).
--- In: key, t, cost, commit, limit, period_ms. Out: allowed, remaining, reset, retry.
+-- In: key, t, cost, commit, force, limit, period_ms. Out: allowed, remaining, reset, retry.
 do
   local window = idiv(t.ms, period_ms)
   local until_end = ((window + 1) * period_ms - t.ms) * NS_PER_MS - t.sub
@@ -19,13 +19,13 @@ do
       count = c
     end
   end
-  if count + cost <= limit then
+  if count + cost <= limit or force then
     if commit then
       redis.call('PSETEX', key, idiv(until_end + NS_PER_MS - 1, NS_PER_MS), int(window) .. ' ' .. int(count + cost))
     end
-    allowed, remaining, reset, retry = 1, limit - count - cost, until_end, 0
+    allowed, remaining, reset, retry = 1, math.max(limit - count - cost, 0), until_end, 0
   else
-    allowed, remaining, reset, retry = 0, limit - count, 0, until_end
+    allowed, remaining, reset, retry = 0, math.max(limit - count, 0), 0, until_end
     if count > 0 then
       reset = until_end
     end

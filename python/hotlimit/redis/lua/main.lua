@@ -6,7 +6,9 @@
 --   algorithm ("t" token bucket, "s" sliding window, "f" fixed window, "l" sliding log),
 --   limit, period in ms, emission interval in ns, capacity in ns, cost.
 -- Modes: "h" hit each op, "p" peek each op, "r" reset each op's key, "a" all-or-nothing:
---   the ops are hit only if every one of them would be allowed (their keys are distinct).
+--   the ops are hit only if every one of them would be allowed (their keys are distinct);
+--   "c" consume each op's cost whatever the limit says (hybrid mode's deltas, and what was
+--   admitted locally during an outage), answering the units left after it.
 -- KEYS: one per op, in order. The reply: four integers per op, in order:
 --   allowed (1/0; for "r", 1 if the key existed), remaining, reset_after ns, retry_after ns.
 
@@ -22,7 +24,7 @@ end
 t.ms = t.s * 1000 + idiv(t.n, NS_PER_MS)
 t.sub = t.n % NS_PER_MS
 
-local function decide(key, i, commit)
+local function decide(key, i, commit, force)
   local algo, cost = ARGV[i], tonumber(ARGV[i + 5])
   local allowed, remaining, reset, retry
   if algo == 't' then
@@ -56,19 +58,20 @@ while arg <= #ARGV do
       out[#out + 1] = 0
     end
   else
-    local commit = mode == 'h'
+    local commit = mode == 'h' or mode == 'c'
+    local force = mode == 'c'
     if mode == 'a' then
       -- Check every op first; consume only if all are allowed.
       commit = true
       for j = 0, n - 1 do
-        if decide(KEYS[k + j], first + 6 * j, false) == 0 then
+        if decide(KEYS[k + j], first + 6 * j, false, false) == 0 then
           commit = false
           break
         end
       end
     end
     for j = 0, n - 1 do
-      local allowed, remaining, reset, retry = decide(KEYS[k + j], first + 6 * j, commit)
+      local allowed, remaining, reset, retry = decide(KEYS[k + j], first + 6 * j, commit, force)
       out[#out + 1] = allowed
       out[#out + 1] = remaining
       out[#out + 1] = reset

@@ -4,7 +4,7 @@
 -- when the base moves. The base moves forward once offsets pass REBASE_NS, which keeps every
 -- score (at most REBASE_NS + one period) exact in a double.
 
--- In: key, t, cost, commit, limit, period_ms. Out: allowed, remaining, reset, retry.
+-- In: key, t, cost, commit, force, limit, period_ms. Out: allowed, remaining, reset, retry.
 do
   local REBASE_NS = 2 ^ 48 -- about 3.3 days
   local period = period_ms * NS_PER_MS
@@ -35,7 +35,7 @@ do
   end
   local horizon = '(' .. int(now - period)
   local count = redis.call('ZCOUNT', key, horizon, '+inf')
-  if count + cost <= limit then
+  if count + cost <= limit or force then
     if commit then
       if not head[1] then
         redis.call('ZADD', key, '-inf', 'b:' .. int(base))
@@ -61,11 +61,12 @@ do
       end
       redis.call('PEXPIRE', key, period_ms)
     end
-    allowed, remaining, reset, retry = 1, limit - count - cost, period, 0
+    allowed, remaining, reset, retry = 1, math.max(limit - count - cost, 0), period, 0
   else
     -- Allowed once the oldest (count + cost - limit) live units have left the window.
     local excess = count + cost - limit
     local unit = redis.call('ZRANGEBYSCORE', key, horizon, '+inf', 'WITHSCORES', 'LIMIT', excess - 1, 1)
-    allowed, remaining, reset, retry = 0, limit - count, newest + period - now, tonumber(unit[2]) + period - now
+    allowed, remaining = 0, math.max(limit - count, 0)
+    reset, retry = newest + period - now, tonumber(unit[2]) + period - now
   end
 end

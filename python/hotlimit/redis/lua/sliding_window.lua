@@ -1,7 +1,7 @@
 -- Sliding window counter. State: "<window number> <previous count> <current count>".
 -- The previous window counts with weight (period - elapsed) / period, elapsed in whole
 -- milliseconds; compared in integers: prev * (P - e) <= (limit - used) * P.
--- In: key, t, cost, commit, limit, period_ms. Out: allowed, remaining, reset, retry.
+-- In: key, t, cost, commit, force, limit, period_ms. Out: allowed, remaining, reset, retry.
 do
   local window = idiv(t.ms, period_ms)
   local elapsed = t.ms - window * period_ms
@@ -28,7 +28,7 @@ do
   local into = elapsed * NS_PER_MS + sub -- ns since the window started
   local weighted = prev * (period_ms - elapsed)
   local used = curr + cost
-  if used <= limit and weighted <= (limit - used) * period_ms then
+  if (used <= limit and weighted <= (limit - used) * period_ms) or force then
     if commit then
       redis.call('PSETEX', key, idiv(2 * period - into + NS_PER_MS - 1, NS_PER_MS),
         int(window) .. ' ' .. int(prev) .. ' ' .. int(used))

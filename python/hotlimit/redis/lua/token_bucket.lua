@@ -1,5 +1,5 @@
 -- Token bucket as GCRA. State: "<base second> <TAT in ns after the base second>".
--- In: key, t, cost, commit, emission (T) and capacity (burst * T) in ns.
+-- In: key, t, cost, commit, force, emission (T) and capacity (burst * T) in ns.
 -- Out: allowed, remaining, reset, retry. Times are ns after the current second t.s.
 do
   local tat = t.n
@@ -15,13 +15,19 @@ do
   -- that sum can pass 2^53 for the longest periods, these terms never do.
   local waited = tat - t.n
   local room = capacity - cost * emission
-  if waited <= room then
+  if waited <= room or force then
     local after = waited + cost * emission
     if commit then
       redis.call('PSETEX', key, idiv(after + NS_PER_MS - 1, NS_PER_MS), int(t.s) .. ' ' .. int(t.n + after))
     end
-    allowed, remaining, reset, retry = 1, idiv(capacity - after, emission), after, 0
+    allowed, remaining, reset, retry = 1, 0, after, 0
+    if capacity > after then
+      remaining = idiv(capacity - after, emission)
+    end
   else
-    allowed, remaining, reset, retry = 0, idiv(capacity - waited, emission), waited, waited - room
+    allowed, remaining, reset, retry = 0, 0, waited, waited - room
+    if capacity > waited then
+      remaining = idiv(capacity - waited, emission)
+    end
   end
 end
