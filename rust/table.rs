@@ -15,7 +15,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
@@ -457,7 +457,8 @@ struct Registered {
 }
 
 struct Sweeper {
-    engines: Mutex<Vec<Registered>>,
+    /// Also held across `fork()` (see `before_fork`), so a child never inherits it locked.
+    engines: parking_lot::Mutex<Vec<Registered>>,
     running: AtomicBool,
     /// Held by the sweeper while it works on a shard, and by a forking thread across `fork()`,
     /// so a child never inherits a shard lock held by a thread that does not exist there.
@@ -469,7 +470,7 @@ struct Sweeper {
 fn sweeper() -> &'static Sweeper {
     static SWEEPER: OnceLock<Sweeper> = OnceLock::new();
     SWEEPER.get_or_init(|| Sweeper {
-        engines: Mutex::new(Vec::new()),
+        engines: parking_lot::Mutex::new(Vec::new()),
         running: AtomicBool::new(false),
         gate: parking_lot::Mutex::new(()),
         passes: AtomicU64::new(0),
@@ -483,13 +484,10 @@ const TICK: Duration = Duration::from_millis(50);
 pub fn register(engine: &Arc<dyn Engine>) {
     let s = sweeper();
     let interval = engine.sweep_interval();
-    s.engines
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(Registered {
-            engine: Arc::downgrade(engine),
-            next: Instant::now() + interval,
-        });
+    s.engines.lock().push(Registered {
+        engine: Arc::downgrade(engine),
+        next: Instant::now() + interval,
+    });
     ensure_thread();
 }
 
@@ -516,7 +514,7 @@ fn sweep_loop() {
         crate::clock::calibrate();
         let now = Instant::now();
         let due: Vec<Arc<dyn Engine>> = {
-            let mut list = s.engines.lock().unwrap_or_else(|e| e.into_inner());
+            let mut list = s.engines.lock();
             list.retain(|r| r.engine.strong_count() > 0);
             list.iter_mut()
                 .filter(|r| r.next <= now)
@@ -559,23 +557,33 @@ pub fn sweeper_passes() -> u64 {
 
 /// Called before `fork()`: waits for the sweeper to finish its current shard and holds it off.
 pub fn before_fork() {
-    // Kept locked until one of the after-fork calls releases it.
-    std::mem::forget(sweeper().gate.lock());
+    // Both kept locked until one of the after-fork calls releases them. The sweeper never
+    // holds one while taking the other, so this order cannot deadlock with it.
+    let s = sweeper();
+    std::mem::forget(s.gate.lock());
+    std::mem::forget(s.engines.lock());
 }
 
 /// Called in the parent after `fork()`.
 pub fn after_fork_parent() {
-    // SAFETY: `before_fork` locked the gate and forgot its guard; this is its unlock.
-    unsafe { sweeper().gate.force_unlock(Default::default()) };
+    let s = sweeper();
+    // SAFETY: `before_fork` locked both and forgot their guards; these are their unlocks.
+    unsafe {
+        s.engines.force_unlock(Default::default());
+        s.gate.force_unlock(Default::default());
+    }
 }
 
 /// Called in the child after `fork()`: the sweeper thread did not survive the fork.
 pub fn after_fork_child() {
     let s = sweeper();
-    // SAFETY: `before_fork` locked the gate and forgot its guard; this is its unlock.
-    unsafe { s.gate.force_unlock(Default::default()) };
+    // SAFETY: `before_fork` locked both and forgot their guards; these are their unlocks.
+    unsafe {
+        s.engines.force_unlock(Default::default());
+        s.gate.force_unlock(Default::default());
+    }
     s.running.store(false, Ordering::Release);
-    let any = !s.engines.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
+    let any = !s.engines.lock().is_empty();
     if any {
         ensure_thread();
     }

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import threading
+import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from hotlimit import _native
-from hotlimit._errors import CostTypeError, InvalidArgumentError, InvalidCostError, InvalidRateError
+from hotlimit._errors import (
+    CostTypeError,
+    InvalidArgumentError,
+    InvalidCostError,
+    InvalidRateError,
+    StorageError,
+)
 from hotlimit._native import Decision, ManualClock
 from hotlimit.rate import Rate
 
@@ -92,6 +100,10 @@ class Limiter:
         prefix: str = "hotlimit:",
         name: str | None = None,
         deny_cache: bool = True,
+        hybrid: bool | None = None,
+        sync_interval: float = 0.02,
+        on_redis_error: Literal["fallback", "allow", "deny"] = "fallback",
+        on_error: Callable[[BaseException], object] | None = None,
     ) -> None:
         rate = Rate.coerce(rate)
         if burst is not None:
@@ -119,9 +131,15 @@ class Limiter:
         self._store: RedisStore | None = None
         if redis is None:
             redis = os.environ.get("REDIS_URL") or None
+        self._hybrid = False
         if redis is not None and redis is not False:
+            if hybrid is None:
+                hybrid = os.environ.get("HOTLIMIT_MODE", "").strip().lower() == "hybrid"
             self._init_redis(redis, redis_timeout, prefix, name, deny_cache)
+            self._init_failure(on_redis_error, on_error, bool(hybrid), sync_interval)
             return
+        if hybrid:
+            raise InvalidArgumentError("hybrid=True needs redis= (a URL or a client), or REDIS_URL")
         # The hot calls go straight to the native methods: no Python frame in between.
         cls = type(self)
         for hot in _HOT:
@@ -180,6 +198,204 @@ class Limiter:
             if getattr(cls, hot) is getattr(Limiter, hot):
                 self.__dict__[hot] = getattr(self._front, hot)
 
+    def _init_failure(
+        self,
+        on_redis_error: str,
+        on_error: Callable[[BaseException], object] | None,
+        hybrid: bool,
+        sync_interval: float,
+    ) -> None:
+        if on_redis_error not in ("fallback", "allow", "deny"):
+            raise InvalidArgumentError(
+                f'on_redis_error must be "fallback", "allow" or "deny", got {on_redis_error!r}'
+            )
+        if on_error is not None and not callable(on_error):
+            raise InvalidArgumentError(f"on_error must be callable or None, got {on_error!r}")
+        if (
+            isinstance(sync_interval, bool)
+            or not isinstance(sync_interval, int | float)
+            or not 0.001 <= sync_interval <= 60
+        ):
+            raise InvalidArgumentError(f"sync_interval must be seconds in [0.001, 60], got {sync_interval!r}")
+        self._on_redis_error = on_redis_error
+        self._on_error = on_error
+        self._sync_interval = float(sync_interval)
+        self._next_flush = 0.0
+        self._pending: dict[Key, int] = {}
+        self._pending_lock = threading.Lock()
+        self._flush_lock = threading.Lock()  # one flush at a time: never send a delta twice
+        self._fallback: _native.NativeLimiter | None = None
+        self._local: _native.NativeLimiter | None = None
+        self._local_n = 0
+        assert self._store is not None
+        if hybrid:
+            if self.algorithm == "sliding_log":
+                raise InvalidArgumentError(
+                    "hybrid mode cannot share the exact sliding log: use sliding_window, or "
+                    "redis mode for sliding_log"
+                )
+            if not self._store.can_sync():
+                raise InvalidArgumentError(
+                    "hybrid mode needs a URL or a sync redis client for its background flusher"
+                )
+            self._hybrid = True
+            try:
+                self._store.heartbeat()
+            except StorageError as e:
+                self._store.trip(e)
+            self._rebuild_local(self._store.replicas.get(self.prefix, 1))
+        self._store.register(self)
+        if self._store.breaker.is_open and not self._hybrid:
+            self._on_breaker_open()
+
+    def _scaled(self, n: int, track: bool) -> _native.NativeLimiter:
+        """A local limiter for this replica's share (1/n) of the rate."""
+        rate = self.rate
+        limit = max(1, rate.limit // n)
+        burst = max(1, self.capacity // n) if self.algorithm == "token_bucket" else None
+        return _native.NativeLimiter(
+            algorithm=self.algorithm,
+            limit=limit,
+            period_ns=rate.period_ns,
+            burst=burst,
+            max_keys=self.max_keys,
+            clock=self._clock,
+            track=track,
+        )
+
+    def _bind(self, target: object) -> None:
+        """Points the instance's decision methods straight at ``target`` (no Python frame in
+        between); ``reset`` and ``acquire`` stay the class's, which know about Redis."""
+        cls = type(self)
+        for hot in ("hit", "peek", "allow"):
+            if getattr(cls, hot) is getattr(Limiter, hot):
+                self.__dict__[hot] = getattr(target, hot)
+
+    def _rebuild_local(self, n: int) -> None:
+        """Hybrid: a local limiter for 1/n of the rate; its unsent consumption moves over."""
+        old = self._local
+        self._local = self._scaled(n, track=True)
+        self._local_n = n
+        self._bind(self._local)
+        if old is not None:
+            self._collect(old)
+
+    def _collect(self, native: _native.NativeLimiter | None) -> None:
+        if native is None:
+            return
+        drained = native.drain()
+        if drained:
+            with self._pending_lock:
+                for key, units in drained:
+                    self._pending[key] = self._pending.get(key, 0) + units
+
+    def _report(self, error: BaseException) -> None:
+        if self._on_error is not None:
+            # A failing callback must not break decisions.
+            with contextlib.suppress(Exception):
+                self._on_error(error)
+
+    def _on_breaker_open(self) -> None:
+        if self._hybrid:
+            return  # decisions are local already; flushes wait for the breaker to close
+        if self._on_redis_error == "fallback":
+            n = self._store.replicas.get(self.prefix, 1) if self._store is not None else 1
+            self._fallback = self._scaled(n, track=True)
+            self._bind(self._fallback)
+        else:
+            self._bind(_Constant(self, allowed=self._on_redis_error == "allow"))
+
+    def _on_breaker_close(self) -> None:
+        if not self._hybrid:
+            self._bind(self._front)
+
+    def _outage(self, key: Key, cost: int, mode: str) -> Decision:
+        """The decision while Redis is unreachable."""
+        if self._on_redis_error == "fallback":
+            fb = self._fallback
+            if fb is None:
+                self._on_breaker_open()
+                fb = self._fallback
+            assert fb is not None
+            return fb.hit(key, cost) if mode == "h" else fb.peek(key, cost)
+        return _Constant(self, allowed=self._on_redis_error == "allow").hit(key, cost)
+
+    def _consume_ops(self, items: list[tuple[Key, int]]) -> list[int]:
+        """Adds each key's units to Redis whatever the limit says; returns what each key has
+        left. Raises StorageError."""
+        assert self._store is not None
+        groups: dict[int, list[int]] = {}
+        keys = [self.redis_key(k) for k, _ in items]
+        for i, rk in enumerate(keys):
+            groups.setdefault(self._store.slot([rk]), []).append(i)
+        left = [0] * len(items)
+        for idx in groups.values():
+            for start in range(0, len(idx), 256):
+                chunk = idx[start : start + 256]
+                args: list[str | int] = ["c", len(chunk)]
+                for i in chunk:
+                    args += [*self._spec, items[i][1]]
+                r = self._store.call([keys[i] for i in chunk], args, len(chunk))
+                for j, i in enumerate(chunk):
+                    left[i] = r[4 * j + 1]
+        return left
+
+    def _send_pending(self) -> list[tuple[Key, int, int]]:
+        with self._flush_lock:
+            return self._send_pending_locked()
+
+    def _send_pending_locked(self) -> list[tuple[Key, int, int]]:
+        with self._pending_lock:
+            items = list(self._pending.items())
+        if not items:
+            return []
+        left = self._consume_ops(items)
+        with self._pending_lock:
+            for key, units in items:
+                rest = self._pending.get(key, 0) - units
+                if rest > 0:
+                    self._pending[key] = rest
+                else:
+                    self._pending.pop(key, None)
+        return [(k, u, r) for (k, u), r in zip(items, left, strict=True)]
+
+    def _flush(self) -> None:
+        """Hybrid: sends the consumption since the last flush; folds back each key's share of
+        what is left globally. Called by the keeper thread (and by close)."""
+        self._collect(self._local)
+        sent = self._send_pending()
+        assert self._store is not None
+        n = self._store.replicas.get(self.prefix, 1)
+        if n != self._local_n:
+            self._rebuild_local(n)
+        local = self._local
+        assert local is not None
+        # Each replica's share of what is left globally, applied only where it is lower than
+        # the local view: a share computed from a global count that misses the other
+        # replicas' unsent consumption must never grant more (that is over-admission).
+        for key, _, left in sent:
+            share = left // n
+            d = local.peek(key)
+            if share < (d.remaining + 1 if d.allowed else 0):
+                local.set_available(key, share)
+
+    def _reconcile(self) -> None:
+        """After an outage: what the fallback admitted goes to Redis before the breaker closes."""
+        if self._hybrid:
+            self._flush()
+            return
+        self._collect(self._fallback)
+        self._send_pending()
+
+    def _after_fork_in_child(self) -> None:
+        # The parent sends its own unsent consumption; the child must not send it again.
+        for native in (self._local, self._fallback):
+            if native is not None:
+                native.drain()
+        self._pending_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._pending = {}
+
     # -- the Redis path ---------------------------------------------------------------------
 
     def _cost(self, cost: object) -> int:
@@ -206,6 +422,18 @@ class Limiter:
             retry_after=r[at + 3] / _NS,
         )
 
+    def _current(self) -> Any:
+        """Whatever decides right now in the shared modes."""
+        if self._hybrid:
+            return self._local
+        if self._store is not None and self._store.breaker.is_open:
+            if self._on_redis_error == "fallback":
+                if self._fallback is None:
+                    self._on_breaker_open()
+                return self._fallback
+            return _Constant(self, allowed=self._on_redis_error == "allow")
+        return self._front
+
     def _remember(self, key: Key, cost: int, r: Sequence[int], at: int = 0) -> None:
         if not r[at] and r[at + 3] > 0:
             self._front.record(key, cost, r[at + 1], r[at + 2], r[at + 3])
@@ -219,20 +447,44 @@ class Limiter:
     def _redis_hit(self, key: Key, cost: object, mode: str) -> Decision:
         # The native front has already looked in the deny cache (see _init_redis).
         n = self._cost(cost)
-        assert self._store is not None
+        store = self._store
+        assert store is not None
+        if store.breaker.is_open:
+            return self._outage(key, n, mode)
         keys, args, frag, kfrag = self._op(mode, key, n)
-        r = self._store.call(keys, args, 1, frag, kfrag)
+        try:
+            r = store.call(keys, args, 1, frag, kfrag)
+        except StorageError as e:
+            store.trip(e)
+            return self._outage(key, n, mode)
         self._remember(key, n, r)
         return self._decision(r)
 
     async def _aredis_hit(self, key: Key, cost: object, mode: str) -> Decision:
         n = self._cost(cost)
+        if self._hybrid:
+            local = self._local
+            assert local is not None
+            return local.hit(key, n) if mode == "h" else local.peek(key, n)
         cached = self._front.check(key, n)
         if cached is not None:
             return cached
-        assert self._store is not None
+        store = self._store
+        assert store is not None
+        breaker = store.breaker
+        if breaker.is_open:
+            # With no sync client there is no keeper thread: probe in band.
+            if store.can_sync() or time.monotonic() < breaker.next_probe:
+                return self._outage(key, n, mode)
+            breaker.next_probe = time.monotonic() + 0.1
         keys, args, frag, kfrag = self._op(mode, key, n)
-        r = await self._store.acall(keys, args, 1, frag, kfrag)
+        try:
+            r = await store.acall(keys, args, 1, frag, kfrag)
+        except StorageError as e:
+            store.trip(e)
+            return self._outage(key, n, mode)
+        if breaker.is_open:
+            breaker.close()
         self._remember(key, n, r)
         return self._decision(r)
 
@@ -244,27 +496,37 @@ class Limiter:
     def hit(self, key: Key, cost: int = 1) -> Decision:
         """Consumes ``cost`` units for ``key`` if available. Never raises for a denial."""
         if self._store is not None:
-            return self._front.hit(key, cost)
+            d: Decision = self._current().hit(key, cost)
+            return d
         return self._native.hit(key, cost)
 
     def peek(self, key: Key, cost: int = 1) -> Decision:
         """What ``hit`` would answer now, consuming nothing."""
         if self._store is not None:
-            return self._front.peek(key, cost)
+            d: Decision = self._current().peek(key, cost)
+            return d
         return self._native.peek(key, cost)
 
     def allow(self, key: Key, cost: int = 1) -> bool:
         """``hit(key, cost).allowed``, without building a Decision (the fastest call)."""
         if self._store is not None:
-            return self._front.allow(key, cost)
+            ok: bool = self._current().allow(key, cost)
+            return ok
         return self._native.allow(key, cost)
 
     def reset(self, key: Key) -> bool:
         """Forgets ``key``; True if it was tracked."""
         if self._store is not None:
             self._forget(key)
+            local = [n.reset(key) for n in (self._local, self._fallback) if n is not None]
+            if self._store.breaker.is_open:
+                return any(local)
             keys, args, frag, kfrag = self._op("r", key, 1)
-            return bool(self._store.call(keys, args, 1, frag, kfrag)[0])
+            try:
+                return bool(self._store.call(keys, args, 1, frag, kfrag)[0])
+            except StorageError as e:
+                self._store.trip(e)
+                return any(local)
         return self._native.reset(key)
 
     def acquire(self, key: Key, cost: int = 1, timeout: float | None = None) -> Decision:
@@ -332,8 +594,15 @@ class Limiter:
         """Async ``reset``."""
         if self._store is not None:
             self._forget(key)
+            local = [n.reset(key) for n in (self._local, self._fallback) if n is not None]
+            if self._store.breaker.is_open:
+                return any(local)
             keys, args, frag, kfrag = self._op("r", key, 1)
-            return bool((await self._store.acall(keys, args, 1, frag, kfrag))[0])
+            try:
+                return bool((await self._store.acall(keys, args, 1, frag, kfrag))[0])
+            except StorageError as e:
+                self._store.trip(e)
+                return any(local)
         return self.reset(key)
 
     async def aacquire(self, key: Key, cost: int = 1, timeout: float | None = None) -> Decision:
@@ -381,18 +650,39 @@ class Limiter:
 
     @property
     def mode(self) -> str:
-        """``"memory"`` or ``"redis"``."""
-        return "memory" if self._store is None else "redis"
+        """``"memory"``, ``"redis"`` or ``"hybrid"``."""
+        return "memory" if self._store is None else "hybrid" if self._hybrid else "redis"
+
+    @property
+    def degraded(self) -> bool:
+        """True while Redis is unreachable and decisions are local (or constant)."""
+        return self._store is not None and self._store.breaker.is_open
 
     def close(self) -> None:
-        """Releases the Redis connections (shared with limiters on the same URL); nothing to
-        release in memory mode."""
+        """Sends hybrid mode's unsent consumption, then lets go of the Redis store; the store's
+        connections close with the last limiter using it (limiters on one URL share them).
+        Nothing to release in memory mode."""
         if self._store is not None:
-            self._store.close()
+            if self._hybrid:
+                # One attempt even with the breaker open: Redis may be back before the probe.
+                try:
+                    self._flush()
+                except StorageError as e:
+                    self._store.trip(e)
+            self._store.release(self)
 
     async def aclose(self) -> None:
         if self._store is not None:
-            await self._store.aclose()
+            if self._hybrid:
+                await asyncio.get_running_loop().run_in_executor(None, self._flush_quietly)
+            await self._store.arelease(self)
+
+    def _flush_quietly(self) -> None:
+        try:
+            self._flush()
+        except StorageError as e:
+            if self._store is not None:
+                self._store.trip(e)
 
     def __enter__(self) -> Limiter:
         return self
@@ -409,6 +699,31 @@ class Limiter:
     def __repr__(self) -> str:
         extra = "" if self._store is None else ", redis=..."
         return f"Limiter({str(self.rate)!r}, algorithm={self.algorithm!r}{extra})"
+
+
+class _Constant:
+    """``on_redis_error="allow"`` / ``"deny"``: the same answer for everyone during an outage."""
+
+    def __init__(self, limiter: Limiter, allowed: bool) -> None:
+        self._limiter = limiter
+        self._allowed = allowed
+
+    def hit(self, key: Key, cost: object = 1) -> Decision:
+        self._limiter._cost(cost)
+        from hotlimit.redis.keeper import PROBE_INTERVAL
+
+        return Decision(
+            allowed=self._allowed,
+            limit=self._limiter.rate.limit,
+            remaining=0,
+            reset_after=0.0,
+            retry_after=0.0 if self._allowed else PROBE_INTERVAL,
+        )
+
+    peek = hit
+
+    def allow(self, key: Key, cost: object = 1) -> bool:
+        return self.hit(key, cost).allowed
 
 
 def _pair(r: tuple[Key, int] | Key) -> tuple[Key, int]:
@@ -468,20 +783,30 @@ def _not_consumed(d: Decision) -> Decision:
 _memory_many_lock = threading.Lock()
 
 
+def _local_native(limiter: Limiter) -> _native.NativeLimiter:
+    """The native limiter deciding for ``limiter`` in process (memory, hybrid or outage)."""
+    if limiter._store is None:
+        return limiter._native
+    current = limiter._current()
+    if isinstance(current, _native.NativeLimiter):
+        return current
+    return limiter._native
+
+
 def _memory_many(items: list[_Item]) -> list[Decision]:
     # All-or-nothing in process: peek everything, and hit only if all fit. The lock makes
     # hit_many calls atomic with respect to each other; a plain hit racing in between can take
     # the last unit, which the confirming hits below detect and roll back.
     with _memory_many_lock:
-        peeks = [lim._native.peek(k, c) for lim, k, c in items]
+        peeks = [_local_native(lim).peek(k, c) for lim, k, c in items]
         if not all(peeks):
             return [_not_consumed(d) for d in peeks]
         done: list[Decision] = []
         for lim, k, c in items:
-            d = lim._native.hit(k, c)
+            d = _local_native(lim).hit(k, c)
             if not d.allowed:
                 for (l2, k2, c2), _ in zip(items, done, strict=False):
-                    l2._native.refund(k2, c2)
+                    _local_native(l2).refund(k2, c2)
                 return [d if i == len(done) else _not_consumed(p) for i, p in enumerate(peeks)]
             done.append(d)
         return done
@@ -499,16 +824,26 @@ def hit_many(requests: Iterable[tuple[Limiter, Key] | tuple[Limiter, Key, int]])
     if not items:
         return []
     first = items[0][0]
-    if first._store is None:
+    if _decides_locally(items):
         out = _memory_many(items)
     else:
         keys = [lim.redis_key(k) for lim, k, _ in items]
         args: list[str | int] = ["a", len(items)]
         for lim, _, c in items:
             args += [*lim._spec, c]
-        r = first._store.call(keys, args, len(items))
+        store = first._store
+        assert store is not None
+        try:
+            r = store.call(keys, args, len(items))
+        except StorageError as e:
+            store.trip(e)
+            return [_memory_many(items)[i] for i in where]
         out = _many_decisions(items, r)
     return [out[i] for i in where]
+
+
+def _decides_locally(items: list[_Item]) -> bool:
+    return any(lim._store is None or lim._hybrid or lim._store.breaker.is_open for lim, _, _ in items)
 
 
 async def ahit_many(requests: Iterable[tuple[Limiter, Key] | tuple[Limiter, Key, int]]) -> list[Decision]:
@@ -517,14 +852,20 @@ async def ahit_many(requests: Iterable[tuple[Limiter, Key] | tuple[Limiter, Key,
     if not items:
         return []
     first = items[0][0]
-    if first._store is None:
+    if _decides_locally(items):
         out = _memory_many(items)
     else:
         keys = [lim.redis_key(k) for lim, k, _ in items]
         args: list[str | int] = ["a", len(items)]
         for lim, _, c in items:
             args += [*lim._spec, c]
-        r = await first._store.acall(keys, args, len(items))
+        store = first._store
+        assert store is not None
+        try:
+            r = await store.acall(keys, args, len(items))
+        except StorageError as e:
+            store.trip(e)
+            return [_memory_many(items)[i] for i in where]
         out = _many_decisions(items, r)
     return [out[i] for i in where]
 

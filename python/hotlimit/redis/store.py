@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from _thread import allocate_lock as _lock
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 import redis.asyncio
@@ -30,6 +31,9 @@ from redis.retry import Retry
 from hotlimit._errors import InvalidArgumentError, StorageError
 from hotlimit._native import ManualClock
 from hotlimit.redis.script import SHA, SOURCE
+
+if TYPE_CHECKING:
+    from hotlimit.limiter import Limiter
 
 __all__ = ["RedisStore"]
 
@@ -308,6 +312,14 @@ class RedisStore:
                 f"redis must be a URL or a redis-py client, got {type(target).__name__}: {target!r:.80}"
             )
         self._lock = threading.Lock()
+        from hotlimit.redis.keeper import Breaker
+
+        self.breaker = Breaker(self)
+        self.limiters: weakref.WeakSet[Limiter] = weakref.WeakSet()
+        #: Live processes per key prefix, from the heartbeats (1 until the first one).
+        self.replicas: dict[str, int] = {}
+        self.next_heartbeat = 0.0
+        self._heartbeat: Any = None
         self._sync_lanes: dict[int, _SyncLane] = {}
         self._sync_conns: list[Any] = []
         self._async_lanes: dict[int, _AsyncLane] = {}
@@ -334,10 +346,14 @@ class RedisStore:
                 if self._sync is None:
                     if self._cluster is None:
                         self._cluster = _is_cluster_url(self._url, self._timeout)
+                    client: Any
                     if self._cluster:
-                        self._sync = redis.RedisCluster.from_url(self._url, **self._client_options())
+                        client = redis.RedisCluster.from_url(self._url, **self._client_options())
                     else:
-                        self._sync = redis.Redis.from_url(self._url, **self._client_options())
+                        client = redis.Redis.from_url(self._url, **self._client_options())
+                    # A store dropped without close() still closes its sockets.
+                    weakref.finalize(self, client.close)
+                    self._sync = client
         return self._sync
 
     def _async_client(self) -> _AsyncClient:
@@ -413,6 +429,8 @@ class RedisStore:
         pool: Any = client.connection_pool  # redis-py's connections are untyped
         conn: Any = pool.get_connection()
         self._sync_conns.append((pool, conn))
+        if not self._own_clients:
+            weakref.finalize(self, pool.release, conn)
 
         def once(command: bytes) -> list[Any]:
             try:
@@ -520,6 +538,91 @@ class RedisStore:
     @property
     def is_cluster(self) -> bool | None:
         return self._cluster
+
+    # -- failure handling and the keeper (see keeper.py) --------------------------------------
+
+    def register(self, limiter: Limiter) -> None:
+        from hotlimit.redis.keeper import keeper
+
+        self.limiters.add(limiter)
+        if self.can_sync():
+            keeper.watch(self)
+
+    def can_sync(self) -> bool:
+        """Whether the keeper thread can talk to this store (it needs a sync client)."""
+        return self._url is not None or self._sync is not None
+
+    def trip(self, error: BaseException) -> None:
+        """A call failed: opens the breaker and, the first time, tells the limiters."""
+        if self.breaker.trip(error):
+            for limiter in list(self.limiters):
+                limiter._report(error)
+
+    def report(self, error: BaseException) -> None:
+        for limiter in list(self.limiters):
+            limiter._report(error)
+
+    def ping(self) -> None:
+        """Raises unless the server answers; drops connections a dead server left behind."""
+        client = self._sync_client()
+        try:
+            client.ping()
+        except RedisError as e:
+            pool: Any = getattr(client, "connection_pool", None)
+            if pool is not None:
+                pool.disconnect(inuse_connections=False)
+            raise StorageError(f"redis did not answer a probe: {e}") from e
+
+    def heartbeat(self) -> None:
+        """Renews this process's heartbeat under each prefix in use; updates ``replicas``."""
+        from hotlimit.redis.keeper import HEARTBEAT_LUA, HEARTBEAT_TTL_MS, MEMBER
+
+        client: Any = self._sync_client()
+        for prefix in {lim.prefix for lim in list(self.limiters)}:
+            try:
+                # Plain EVAL, once a second: keeps EVALSHA counts to the decisions themselves.
+                n = client.eval(HEARTBEAT_LUA, 1, f"{prefix}replicas", MEMBER, HEARTBEAT_TTL_MS)
+            except RedisError as e:
+                raise StorageError(f"heartbeat failed: {e}") from e
+            self.replicas[prefix] = max(1, int(n))
+
+    def after_fork_in_child(self) -> None:
+        """The child must not use the parent's sockets: forget them (without closing: that
+        would shut them down under the parent) and start over."""
+        # A lock held by a parent thread at fork() stays held in the child: replace, never take.
+        self._lock = threading.Lock()
+        self._sync_lanes = {}
+        self._sync_conns = []
+        self._async_lanes = {}
+        self._async_conns = []
+        if self._own_clients:
+            self._sync = None
+            self._async = None
+        self._heartbeat = None
+        self.next_heartbeat = 0.0
+        for limiter in list(self.limiters):
+            limiter._after_fork_in_child()
+
+    def release(self, limiter: Limiter) -> None:
+        """A limiter is done with the store; the last one out closes it."""
+        self.limiters.discard(limiter)
+        if not self.limiters:
+            self.close()
+
+    async def arelease(self, limiter: Limiter) -> None:
+        """Async connections belong to the event loop that made them, which may be about to
+        end: they close now (another limiter's next async call makes new ones); the sync side
+        closes with the last limiter."""
+        self.limiters.discard(limiter)
+        conns, self._async_conns = self._async_conns, []
+        self._async_lanes = {}
+        for pool, conn in conns:
+            await pool.release(conn)
+        if self._own_clients and self._async is not None:
+            client, self._async = self._async, None
+            await client.aclose()
+        if not self.limiters:
+            self.close()
 
     def close(self) -> None:
         """Gives back the dedicated connections; closes the clients made from a URL."""

@@ -21,7 +21,7 @@ do
   end
   if count + cost <= limit or force then
     if commit then
-      redis.call('PSETEX', key, idiv(until_end + NS_PER_MS - 1, NS_PER_MS), int(window) .. ' ' .. int(count + cost))
+      redis.call('PSETEX', key, ttl_extra + idiv(until_end + NS_PER_MS - 1, NS_PER_MS), int(window) .. ' ' .. int(count + cost))
     end
     allowed, remaining, reset, retry = 1, math.max(limit - count - cost, 0), until_end, 0
   else

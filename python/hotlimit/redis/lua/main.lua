@@ -13,6 +13,9 @@
 --   allowed (1/0; for "r", 1 if the key existed), remaining, reset_after ns, retry_after ns.
 
 local t = {}
+-- With an injected time (tests only), state must not expire in real time between steps that
+-- are microseconds apart in the test's clock: TTLs get ten minutes more.
+local ttl_extra = 0
 if ARGV[1] == '' then
   local now = redis.call('TIME')
   t.s = tonumber(now[1])
@@ -20,6 +23,7 @@ if ARGV[1] == '' then
 else
   t.s = tonumber(ARGV[1])
   t.n = tonumber(ARGV[2])
+  ttl_extra = 600000
 end
 t.ms = t.s * 1000 + idiv(t.n, NS_PER_MS)
 t.sub = t.n % NS_PER_MS

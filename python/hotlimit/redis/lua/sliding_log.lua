@@ -59,7 +59,7 @@ do
         redis.call('ZADD', key, unpack(args))
         i = last_i + 1
       end
-      redis.call('PEXPIRE', key, period_ms)
+      redis.call('PEXPIRE', key, period_ms + ttl_extra)
     end
     allowed, remaining, reset, retry = 1, math.max(limit - count - cost, 0), period, 0
   else

@@ -30,7 +30,7 @@ do
   local used = curr + cost
   if (used <= limit and weighted <= (limit - used) * period_ms) or force then
     if commit then
-      redis.call('PSETEX', key, idiv(2 * period - into + NS_PER_MS - 1, NS_PER_MS),
+      redis.call('PSETEX', key, ttl_extra + idiv(2 * period - into + NS_PER_MS - 1, NS_PER_MS),
         int(window) .. ' ' .. int(prev) .. ' ' .. int(used))
     end
     allowed, retry = 1, 0

@@ -18,7 +18,7 @@ do
   if waited <= room or force then
     local after = waited + cost * emission
     if commit then
-      redis.call('PSETEX', key, idiv(after + NS_PER_MS - 1, NS_PER_MS), int(t.s) .. ' ' .. int(t.n + after))
+      redis.call('PSETEX', key, ttl_extra + idiv(after + NS_PER_MS - 1, NS_PER_MS), int(t.s) .. ' ' .. int(t.n + after))
     end
     allowed, remaining, reset, retry = 1, 0, after, 0
     if capacity > after then

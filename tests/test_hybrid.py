@@ -1,0 +1,155 @@
+"""Hybrid mode on a real server: local decisions, batched deltas, folding, bounded over-admission."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import redis
+
+from hotlimit import InvalidArgumentError, Limiter
+from tests import servers
+
+
+def _peek_global(url: str, prefix: str, rate: str, key: str, algorithm: str = "token_bucket") -> int:
+    """What Redis says is left for ``key`` (a redis-mode limiter on the same policy)."""
+    probe = Limiter(rate, algorithm=algorithm, redis=url, prefix=prefix, deny_cache=False)  # type: ignore[arg-type]
+    try:
+        d = probe.peek(key)
+        return d.remaining + 1 if d.allowed else 0
+    finally:
+        probe.close()
+
+
+def _script_calls(url: str) -> int:
+    stats = redis.Redis.from_url(url).info("commandstats")
+    return sum(int(v.get("calls", 0)) for k, v in stats.items() if k.startswith("cmdstat_evalsha"))
+
+
+def test_decides_locally_and_syncs_in_batches(redis_server: servers.Server) -> None:
+    url = redis_server.url
+    limiter = Limiter("1000/hour", redis=url, prefix="hy1:", hybrid=True, sync_interval=0.02)
+    assert limiter.mode == "hybrid"
+    before = _script_calls(url)
+    for i in range(300):
+        assert limiter.hit(f"k{i % 3}").allowed
+    during = _script_calls(url) - before
+    assert during < 100, f"{during} script calls for 300 decisions: not local"
+    limiter.close()  # flushes
+    for i in range(3):
+        assert _peek_global(url, "hy1:", "1000/hour", f"k{i}") == 900, "every unit reached Redis"
+
+
+def test_folds_other_replicas_consumption(redis_server: servers.Server) -> None:
+    url = redis_server.url
+    other = Limiter("100/hour", redis=url, prefix="hy2:", deny_cache=False)
+    limiter = Limiter("100/hour", redis=url, prefix="hy2:", hybrid=True, sync_interval=0.01)
+    assert limiter.hit("k").allowed  # the key is now synced each interval
+    assert other.hit("k", 95).allowed  # another replica takes almost everything
+    deadline = time.monotonic() + 5
+    while limiter.peek("k").remaining > 4 and time.monotonic() < deadline:
+        limiter.hit("k")  # keeps the key in the next flush, which folds the global state in
+        time.sleep(0.005)
+    assert limiter.peek("k").remaining <= 4, "the local state converged on the global one"
+    limiter.close()
+    other.close()
+
+
+def test_bad_hybrid_configurations_are_named(redis_server: servers.Server) -> None:
+    with pytest.raises(InvalidArgumentError, match="sliding_log"):
+        Limiter("5/second", algorithm="sliding_log", redis=redis_server.url, hybrid=True)
+    with pytest.raises(InvalidArgumentError, match="redis="):
+        Limiter("5/second", hybrid=True)
+    with pytest.raises(InvalidArgumentError, match="sync_interval"):
+        Limiter("5/second", redis=redis_server.url, hybrid=True, sync_interval=0)
+
+
+def test_env_switches_hybrid_on(redis_server: servers.Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    monkeypatch.setenv("HOTLIMIT_MODE", "hybrid")
+    limiter = Limiter("5/second", prefix="hyenv:")
+    assert limiter.mode == "hybrid"
+    limiter.close()
+
+
+def test_forked_worker_has_its_own_flusher(redis_server: servers.Server) -> None:
+    url = redis_server.url
+    limiter = Limiter("1000/hour", redis=url, prefix="hyfork:", hybrid=True)
+    assert limiter.hit("k", 10).allowed
+    limiter._flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            for _ in range(7):
+                limiter.hit("k")
+            limiter.close()  # the child's own connection, its own flush
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    for _ in range(5):
+        limiter.hit("k")
+    limiter.close()
+    assert _peek_global(url, "hyfork:", "1000/hour", "k") == 1000 - 10 - 7 - 5, "nothing lost or doubled"
+
+
+_WORKER = """
+import sys, threading, time
+from hotlimit import Limiter
+url, prefix, algorithm, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+lim = Limiter("1000/second", algorithm=algorithm, redis=url, prefix=prefix, hybrid=True)
+deadline = time.monotonic() + 10
+while lim._store.replicas.get(prefix, 1) < 4 and time.monotonic() < deadline:
+    time.sleep(0.01)  # every replica has announced itself
+lim._flush()
+start = float(sys.argv[5])
+while time.time() < start:
+    time.sleep(0.001)
+counts = {}
+end = start + seconds
+while (now := time.time()) < end:
+    if lim.allow("one-key"):
+        second = int(now - start)
+        counts[second] = counts.get(second, 0) + 1
+lim.close()
+print(" ".join(f"{k}:{v}" for k, v in sorted(counts.items())))
+"""
+
+
+@pytest.mark.parametrize("algorithm", ["fixed_window", "token_bucket"])
+def test_over_admission_is_bounded(redis_server: servers.Server, algorithm: str) -> None:
+    """4 processes on one key, 1,000/second, 4 seconds: allowed / limit <= 1.05, no drift."""
+    seconds = 4
+    start = time.time() + 3.0
+    start = float(int(start)) + 1.0  # on a second boundary, so windows line up with seconds
+    argv = [
+        sys.executable,
+        "-c",
+        _WORKER,
+        redis_server.url,
+        f"hyo-{algorithm}:",
+        algorithm,
+        str(seconds),
+        str(start),
+    ]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    per_second = [0] * seconds
+    for p in procs:
+        out, _ = p.communicate(timeout=60)
+        assert p.returncode == 0
+        for item in out.split():
+            s, n = item.split(":")
+            per_second[int(s)] += int(n)
+    total = sum(per_second)
+    bound = 1000 * seconds + (1000 if algorithm == "token_bucket" else 0)  # + the initial burst
+    print(f"\n{algorithm}: per second {per_second}, total {total} of {bound}")
+    assert total <= 1.05 * bound, f"over-admission: {total} allowed, bound {bound}"
+    assert total >= 0.7 * bound, f"under-admission: {total} allowed of {bound}"
+    if algorithm == "fixed_window":
+        for s, n in enumerate(per_second):
+            assert n <= 1.05 * 1000, f"second {s}: {n} allowed of 1000 (drift)"
