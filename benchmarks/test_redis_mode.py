@@ -11,101 +11,27 @@ import asyncio
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-import redis
 
 from benchmarks.conftest import REDIS
-from hotlimit import Limiter
-from tests import servers
+from hotlimit import Limiter, _bench
 
-GROUP = "redis, one caller, hot key, allowed"
-BIG = 1_000_000  # a limit no benchmark reaches, so every decision is an allowance
-KEY = "user:000000000042"
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[servers.Server]:
-    with servers.server(servers.redis_binary()) as s:
-        yield s
-
-
-def _cases(url: str) -> list[tuple[str, str, Callable[[], object]]]:
-    """(name, algorithm, one decision) for the floors, hotlimit and every installed peer."""
-    client = redis.Redis.from_url(url)
-    conn: Any = client.connection_pool.get_connection()
-    one = client.script_load("return 1")
-
-    def ping() -> object:
-        conn.send_command("PING")
-        return conn.read_response()
-
-    def evalsha() -> object:
-        conn.send_command("EVALSHA", one, 0)
-        return conn.read_response()
-
-    out: list[tuple[str, str, Callable[[], object]]] = [
-        ("floor: PING, same connection", "", ping),
-        ("floor: EVALSHA return 1, same connection", "", evalsha),
-        ("floor: EVALSHA return 1, pooled client", "", lambda: client.evalsha(one, 0)),
-    ]
-    for alg in ("token_bucket", "sliding_window", "fixed_window", "sliding_log"):
-        rate = f"{BIG}/hour" if alg != "sliding_log" else "10000/hour"
-        lim = Limiter(rate, algorithm=alg, redis=url, prefix="bench:")  # type: ignore[arg-type]
-        out.append((f"hotlimit {alg} hit()", alg, lambda lim=lim: lim.hit(KEY)))
-
-    from limits import RateLimitItemPerHour, storage, strategies
-
-    item = RateLimitItemPerHour(BIG)
-    store = storage.RedisStorage(url)
-    for cls, alg in (
-        (strategies.FixedWindowRateLimiter, "fixed_window"),
-        (strategies.MovingWindowRateLimiter, "sliding_log"),
-        (strategies.SlidingWindowCounterRateLimiter, "sliding_window"),
-    ):
-        lim = cls(store)
-        moving_item = RateLimitItemPerHour(10_000) if alg == "sliding_log" else item
-        out.append((f"limits {cls.__name__}", alg, lambda lim=lim, it=moving_item: lim.hit(it, KEY)))
-
-    from throttled import RateLimiterType, Throttled, rate_limiter
-    from throttled import store as tstore
-
-    tstore_ = tstore.RedisStore(server=url)
-    for kind, alg in (
-        (RateLimiterType.TOKEN_BUCKET, "token_bucket"),
-        (RateLimiterType.GCRA, "token_bucket"),
-        (RateLimiterType.FIXED_WINDOW, "fixed_window"),
-        (RateLimiterType.SLIDING_WINDOW, "sliding_window"),
-    ):
-        quota = rate_limiter.per_hour(BIG, burst=BIG)
-        t = Throttled(using=kind.value, quota=quota, store=tstore_)
-        out.append((f"throttled-py {kind.value}", alg, lambda t=t: t.limit(KEY)))
-
-    from pyrate_limiter import Duration, Rate, RedisBucket
-    from pyrate_limiter import Limiter as PyrateLimiter
-
-    bucket = RedisBucket.init([Rate(10_000, Duration.HOUR)], redis.Redis.from_url(url), "bench-pyrate")
-    pyrate = PyrateLimiter(bucket)
-    out.append(("PyrateLimiter RedisBucket", "sliding_log", lambda: pyrate.try_acquire(KEY, blocking=False)))
-    return out
+GROUP = _bench.REDIS_GROUP
+BIG = _bench.BIG
+KEY = _bench.HOT_KEY
 
 
 def _median_ns(fn: Callable[[], object], calls: int, rounds: int) -> float:
-    per_round = []
-    for _ in range(rounds):
-        t0 = time.perf_counter_ns()
-        for _ in range(calls):
-            fn()
-        per_round.append((time.perf_counter_ns() - t0) / calls)
-    return statistics.median(per_round)
+    return _bench.median_ns(fn, calls, rounds)
 
 
-def test_one_caller(benchmark: Any, server: servers.Server, request: pytest.FixtureRequest) -> None:
+def test_one_caller(benchmark: Any, redis_url: str, request: pytest.FixtureRequest) -> None:
     """Every case, interleaved round by round so machine noise hits all of them alike."""
     smoke = request.config.getoption("benchmark_disable")
-    cases = _cases(server.url)
+    cases = _bench.redis_cases(redis_url)
     rounds, calls = (5, 100) if smoke else (15, 400)
     samples: dict[str, list[float]] = {name: [] for name, _, _ in cases}
 
@@ -136,19 +62,17 @@ def test_one_caller(benchmark: Any, server: servers.Server, request: pytest.Fixt
         assert mine < theirs * slack, f"{name}: {theirs / 1000:.1f} us vs hotlimit {alg} {mine / 1000:.1f} us"
 
 
-def test_coalescing_throughput(
-    benchmark: Any, server: servers.Server, request: pytest.FixtureRequest
-) -> None:
+def test_coalescing_throughput(benchmark: Any, redis_url: str, request: pytest.FixtureRequest) -> None:
     """Decisions per second with 16 threads and with 64 asyncio tasks, against the rate one
     caller gets at one round trip per decision."""
     smoke = request.config.getoption("benchmark_disable")
     per_worker = 100 if smoke else 400
-    lone = Limiter(f"{BIG}/hour", redis=server.url, prefix="tput:")
+    lone = Limiter(f"{BIG}/hour", redis=redis_url, prefix="tput:")
     for _ in range(50):
         lone.hit("warm")
     single = 1e9 / _median_ns(lambda: lone.hit("one"), 200 if smoke else 1000, 3)
 
-    threaded = Limiter(f"{BIG}/hour", redis=server.url, prefix="tput:", deny_cache=False)
+    threaded = Limiter(f"{BIG}/hour", redis=redis_url, prefix="tput:", deny_cache=False)
 
     def work() -> None:
         for i in range(per_worker):
@@ -163,7 +87,7 @@ def test_coalescing_throughput(
     thread_rate = 16 * per_worker / (time.perf_counter() - t0)
 
     async def tasks() -> float:
-        lim = Limiter(f"{BIG}/hour", redis=server.url, prefix="tput:", deny_cache=False)
+        lim = Limiter(f"{BIG}/hour", redis=redis_url, prefix="tput:", deny_cache=False)
         await lim.ahit("warm")
 
         async def one(n: int) -> None:
@@ -188,12 +112,10 @@ def test_coalescing_throughput(
     assert task_rate >= 4 * single, f"64 tasks: {task_rate:.0f}/s vs one caller {single:.0f}/s"
 
 
-def test_deny_cache_vs_memory_mode(
-    benchmark: Any, server: servers.Server, request: pytest.FixtureRequest
-) -> None:
+def test_deny_cache_vs_memory_mode(benchmark: Any, redis_url: str, request: pytest.FixtureRequest) -> None:
     smoke = request.config.getoption("benchmark_disable")
     calls = 20_000 if smoke else 200_000
-    shared = Limiter("2/hour", redis=server.url, prefix="denyb:")
+    shared = Limiter("2/hour", redis=redis_url, prefix="denyb:")
     local = Limiter("2/hour")
     for lim in (shared, local):
         lim.hit(KEY, 2)
@@ -207,13 +129,11 @@ def test_deny_cache_vs_memory_mode(
     assert a <= 2 * b, f"deny cache {a:.0f} ns vs memory mode {b:.0f} ns"
 
 
-def test_hybrid_vs_memory_mode(
-    benchmark: Any, server: servers.Server, request: pytest.FixtureRequest
-) -> None:
+def test_hybrid_vs_memory_mode(benchmark: Any, redis_url: str, request: pytest.FixtureRequest) -> None:
     """Hybrid decisions are local: the target is <= 1.5x memory mode's hit()."""
     smoke = request.config.getoption("benchmark_disable")
     calls = 20_000 if smoke else 200_000
-    hybrid = Limiter(f"{BIG}/hour", redis=server.url, prefix="hyb:", hybrid=True)
+    hybrid = Limiter(f"{BIG}/hour", redis=redis_url, prefix="hyb:", hybrid=True)
     local = Limiter(f"{BIG}/hour")
     keys = [f"user:{i:06d}" for i in range(1000)]
 

@@ -635,15 +635,19 @@ pub fn _sweeper_passes() -> u64 {
 /// The front of a shared-store (Redis) limiter: answers requests that a cached denial covers
 /// natively, and hands every other one to the Python store path (`miss_hit` / `miss_peek`,
 /// called with `(key, cost)`), which reports its denials back through `record`.
-#[pyclass(frozen, module = "hotlimit._native")]
+///
+/// Not frozen, so that the garbage collector can clear it: the store path usually refers back
+/// to the limiter that holds this front, a cycle that `__traverse__` / `__clear__` let the
+/// collector see and break.
+#[pyclass(module = "hotlimit._native")]
 #[derive(Debug)]
 pub struct DenyFront {
     cache: Arc<DenyCache>,
     limit: u64,
     capacity: u64,
     enabled: bool,
-    miss_hit: Py<PyAny>,
-    miss_peek: Py<PyAny>,
+    miss_hit: Option<Py<PyAny>>,
+    miss_peek: Option<Py<PyAny>>,
 }
 
 impl DenyFront {
@@ -677,11 +681,16 @@ impl DenyFront {
 
     fn miss<'py>(
         &self,
-        f: &Py<PyAny>,
+        f: &Option<Py<PyAny>>,
         key: &Bound<'py, PyAny>,
         cost: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = key.py();
+        let Some(f) = f else {
+            return Err(InvalidArgumentError::new_err(
+                "this limiter has been closed and collected",
+            ));
+        };
         match cost {
             Some(c) => f.bind(py).call1((key, c)),
             None => f.bind(py).call1((key, 1)),
@@ -719,9 +728,24 @@ impl DenyFront {
             limit,
             capacity,
             enabled,
-            miss_hit,
-            miss_peek,
+            miss_hit: Some(miss_hit),
+            miss_peek: Some(miss_peek),
         })
+    }
+
+    fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        if let Some(f) = &self.miss_hit {
+            visit.call(f)?;
+        }
+        if let Some(f) = &self.miss_peek {
+            visit.call(f)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.miss_hit = None;
+        self.miss_peek = None;
     }
 
     /// `hit`: a cached denial if one covers the request, else the store's answer.

