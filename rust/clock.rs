@@ -24,6 +24,12 @@ struct Anchor {
     tsc: u64,
 }
 
+/// Sets the anchor at import, on the importing thread, before any other thread (or fork) can
+/// be in the middle of setting it.
+pub fn warm_up() {
+    let _ = anchor();
+}
+
 fn anchor() -> &'static Anchor {
     static ANCHOR: OnceLock<Anchor> = OnceLock::new();
     ANCHOR.get_or_init(|| {
@@ -58,7 +64,7 @@ pub fn calibrate() -> bool {
 #[cfg(target_arch = "x86_64")]
 mod tsc {
     use super::{instant_now, Anchor};
-    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
     use std::time::{Duration, Instant};
 
     /// `ns = ns0 + (tsc - tsc0) * mult / 2^32`, fixed point.
@@ -68,7 +74,37 @@ mod tsc {
         mult: u64,
     }
 
-    static CALIBRATION: OnceLock<Calibration> = OnceLock::new();
+    // Published once, without locks: a fork() can happen at any moment (the sweeper thread
+    // calibrates), and a child must never inherit a half-done initialisation it would wait on.
+    // STATE: 0 none, 1 being written (forever, in a child forked right then: it keeps using
+    // clock_gettime), 2 ready.
+    static STATE: AtomicU8 = AtomicU8::new(0);
+    static TSC0: AtomicU64 = AtomicU64::new(0);
+    static NS0: AtomicU64 = AtomicU64::new(0);
+    static MULT: AtomicU64 = AtomicU64::new(0);
+
+    fn published() -> Option<Calibration> {
+        if STATE.load(Ordering::Acquire) != 2 {
+            return None;
+        }
+        Some(Calibration {
+            tsc0: TSC0.load(Ordering::Relaxed),
+            ns0: NS0.load(Ordering::Relaxed),
+            mult: MULT.load(Ordering::Relaxed),
+        })
+    }
+
+    fn publish(c: &Calibration) {
+        if STATE
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            TSC0.store(c.tsc0, Ordering::Relaxed);
+            NS0.store(c.ns0, Ordering::Relaxed);
+            MULT.store(c.mult, Ordering::Relaxed);
+            STATE.store(2, Ordering::Release);
+        }
+    }
 
     #[inline]
     fn rdtsc() -> u64 {
@@ -87,19 +123,25 @@ mod tsc {
     /// The kernel keeps time with the TSC and the CPU says it is invariant: the TSC then ticks
     /// at one rate on every core, through frequency changes and idle states.
     fn trusted() -> bool {
-        static TRUSTED: OnceLock<bool> = OnceLock::new();
-        *TRUSTED.get_or_init(|| {
-            let source =
-                std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource");
-            let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-            let has = |f: &str| flags.split_whitespace().any(|w| w == f);
-            source.is_ok_and(|s| s.trim() == "tsc") && has("constant_tsc") && has("nonstop_tsc")
-        })
+        // 0 unknown, 1 no, 2 yes; worked out without a lock (see STATE).
+        static TRUSTED: AtomicU8 = AtomicU8::new(0);
+        match TRUSTED.load(Ordering::Relaxed) {
+            1 => return false,
+            2 => return true,
+            _ => {}
+        }
+        let source =
+            std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource");
+        let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let has = |f: &str| flags.split_whitespace().any(|w| w == f);
+        let yes = source.is_ok_and(|s| s.trim() == "tsc") && has("constant_tsc") && has("nonstop_tsc");
+        TRUSTED.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+        yes
     }
 
     pub fn calibrate(anchor: &Anchor, window: Duration) -> bool {
-        if CALIBRATION.get().is_some() {
-            return true;
+        if STATE.load(Ordering::Acquire) != 0 {
+            return STATE.load(Ordering::Acquire) == 2;
         }
         if anchor.tsc == 0 || anchor.instant.elapsed() < window || !trusted() {
             return false;
@@ -126,7 +168,7 @@ mod tsc {
         if check.abs_diff(reference) > 50_000 {
             return false;
         }
-        let _ = CALIBRATION.set(c);
+        publish(&c);
         true
     }
 
@@ -138,7 +180,7 @@ mod tsc {
 
     #[inline]
     pub fn now() -> Option<u64> {
-        CALIBRATION.get().map(now_with)
+        published().map(|c| now_with(&c))
     }
 }
 

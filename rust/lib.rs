@@ -34,6 +34,7 @@ mod _native {
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        crate::clock::warm_up();
         m.add("__version__", env!("CARGO_PKG_VERSION"))
     }
 

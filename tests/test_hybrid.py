@@ -13,10 +13,14 @@ import redis
 from hotlimit import InvalidArgumentError, Limiter
 from tests import servers
 
+# These tests assert exact shared results: on a loaded CI machine a 50 ms timeout would
+# (correctly) switch some decisions to the local fallback, so they allow two seconds.
+T = 2.0
+
 
 def _peek_global(url: str, prefix: str, rate: str, key: str, algorithm: str = "token_bucket") -> int:
     """What Redis says is left for ``key`` (a redis-mode limiter on the same policy)."""
-    probe = Limiter(rate, algorithm=algorithm, redis=url, prefix=prefix, deny_cache=False)  # type: ignore[arg-type]
+    probe = Limiter(rate, algorithm=algorithm, redis=url, prefix=prefix, deny_cache=False, redis_timeout=T)  # type: ignore[arg-type]
     try:
         d = probe.peek(key)
         return d.remaining + 1 if d.allowed else 0
@@ -31,7 +35,7 @@ def _script_calls(url: str) -> int:
 
 def test_decides_locally_and_syncs_in_batches(redis_server: servers.Server) -> None:
     url = redis_server.url
-    limiter = Limiter("1000/hour", redis=url, prefix="hy1:", hybrid=True, sync_interval=0.02)
+    limiter = Limiter("1000/hour", redis=url, prefix="hy1:", hybrid=True, sync_interval=0.02, redis_timeout=T)
     assert limiter.mode == "hybrid"
     before = _script_calls(url)
     for i in range(300):
@@ -45,8 +49,8 @@ def test_decides_locally_and_syncs_in_batches(redis_server: servers.Server) -> N
 
 def test_folds_other_replicas_consumption(redis_server: servers.Server) -> None:
     url = redis_server.url
-    other = Limiter("100/hour", redis=url, prefix="hy2:", deny_cache=False)
-    limiter = Limiter("100/hour", redis=url, prefix="hy2:", hybrid=True, sync_interval=0.01)
+    other = Limiter("100/hour", redis=url, prefix="hy2:", deny_cache=False, redis_timeout=T)
+    limiter = Limiter("100/hour", redis=url, prefix="hy2:", hybrid=True, sync_interval=0.01, redis_timeout=T)
     assert limiter.hit("k").allowed  # the key is now synced each interval
     assert other.hit("k", 95).allowed  # another replica takes almost everything
     deadline = time.monotonic() + 5
@@ -60,11 +64,11 @@ def test_folds_other_replicas_consumption(redis_server: servers.Server) -> None:
 
 def test_bad_hybrid_configurations_are_named(redis_server: servers.Server) -> None:
     with pytest.raises(InvalidArgumentError, match="sliding_log"):
-        Limiter("5/second", algorithm="sliding_log", redis=redis_server.url, hybrid=True)
+        Limiter("5/second", algorithm="sliding_log", redis=redis_server.url, hybrid=True, redis_timeout=T)
     with pytest.raises(InvalidArgumentError, match="redis="):
         Limiter("5/second", hybrid=True)
     with pytest.raises(InvalidArgumentError, match="sync_interval"):
-        Limiter("5/second", redis=redis_server.url, hybrid=True, sync_interval=0)
+        Limiter("5/second", redis=redis_server.url, hybrid=True, sync_interval=0, redis_timeout=T)
 
 
 def test_env_switches_hybrid_on(redis_server: servers.Server, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,7 +81,7 @@ def test_env_switches_hybrid_on(redis_server: servers.Server, monkeypatch: pytes
 
 def test_forked_worker_has_its_own_flusher(redis_server: servers.Server) -> None:
     url = redis_server.url
-    limiter = Limiter("1000/hour", redis=url, prefix="hyfork:", hybrid=True)
+    limiter = Limiter("1000/hour", redis=url, prefix="hyfork:", hybrid=True, redis_timeout=T)
     assert limiter.hit("k", 10).allowed
     limiter._flush()
     pid = os.fork()
@@ -102,7 +106,7 @@ _WORKER = """
 import sys, threading, time
 from hotlimit import Limiter
 url, prefix, algorithm, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
-lim = Limiter("1000/second", algorithm=algorithm, redis=url, prefix=prefix, hybrid=True)
+lim = Limiter("1000/second", algorithm=algorithm, redis=url, prefix=prefix, hybrid=True, redis_timeout=2.0)
 deadline = time.monotonic() + 10
 while lim._store.replicas.get(prefix, 1) < 4 and time.monotonic() < deadline:
     time.sleep(0.01)  # every replica has announced itself
