@@ -636,6 +636,11 @@ class Limiter:
         """Keys currently tracked (in this process; memory mode)."""
         return len(self._native)
 
+    def __bool__(self) -> bool:
+        # A limiter is always truthy, tracked keys or not: `limiter or default` must not
+        # silently pick the default for an empty limiter.
+        return True
+
     def sweep(self) -> int:
         """Drops idle keys now (the background thread does it every ``sweep_interval``)."""
         return self._native.sweep()

@@ -150,6 +150,9 @@ atexit.register(_flush_at_exit)
 
 
 def _tick(store: RedisStore, now: float) -> None:
+    if store.closed:
+        return
+    generation = store.generation
     breaker = store.breaker
     if breaker.is_open:
         if now < breaker.next_probe or not store.can_sync():
@@ -174,7 +177,9 @@ def _tick(store: RedisStore, now: float) -> None:
                 limiter._next_flush = now + limiter._sync_interval
                 limiter._flush()
     except Exception as e:
-        store.trip(e)
+        # A store closed (and perhaps reopened) meanwhile failed because of that, not Redis.
+        if store.generation == generation:
+            store.trip(e)
 
 
 def run_guarded(fn: Callable[[], Any]) -> None:

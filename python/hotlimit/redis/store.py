@@ -315,6 +315,8 @@ class RedisStore:
         from hotlimit.redis.keeper import Breaker
 
         self.breaker = Breaker(self)
+        self.closed = False
+        self.generation = 0
         self.limiters: weakref.WeakSet[Limiter] = weakref.WeakSet()
         #: Live processes per key prefix, from the heartbeats (1 until the first one).
         self.replicas: dict[str, int] = {}
@@ -544,6 +546,7 @@ class RedisStore:
     def register(self, limiter: Limiter) -> None:
         from hotlimit.redis.keeper import keeper
 
+        self.closed = False
         self.limiters.add(limiter)
         if self.can_sync():
             keeper.watch(self)
@@ -554,6 +557,8 @@ class RedisStore:
 
     def trip(self, error: BaseException) -> None:
         """A call failed: opens the breaker and, the first time, tells the limiters."""
+        if self.closed:
+            return
         if self.breaker.trip(error):
             for limiter in list(self.limiters):
                 limiter._report(error)
@@ -626,6 +631,8 @@ class RedisStore:
 
     def close(self) -> None:
         """Gives back the dedicated connections; closes the clients made from a URL."""
+        self.closed = True  # the keeper leaves a closed store alone (and does not trip it)
+        self.generation += 1  # work the keeper started before this must not trip the breaker
         with self._lock:
             conns, self._sync_conns = self._sync_conns, []
             self._sync_lanes = {}

@@ -1,0 +1,107 @@
+"""Client keys for web requests: who is this request from?
+
+The default is the socket peer's address, which a client cannot forge. ``X-Forwarded-For`` and
+``Forwarded`` are read only when the peer is one of the configured trusted proxies, and then
+right to left: each hop appended by a trusted proxy is skipped, and the first address that is
+not a trusted proxy is the client. Anything a client wrote further left is ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import os
+import re
+from collections.abc import Iterable, Sequence
+
+from hotlimit._errors import InvalidArgumentError
+
+__all__ = ["ClientIP", "hash_secret_key"]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_FOR = re.compile(r'for\s*=\s*"?\[?([^\]";,]+)\]?(?::\d+)?"?', re.IGNORECASE)
+
+# One secret per process unless configured: hashes are stable within a process, useless to
+# anyone who reads them in a log.
+_SECRET = os.urandom(32)
+
+
+def hash_secret_key(raw: str | bytes, secret: bytes | None = None) -> str:
+    """A keyed hash of an API key or token, for use as a limiter key. The raw value is never
+    kept; pass the same ``secret`` on every replica so they agree."""
+    data = raw.encode("utf-8") if isinstance(raw, str) else raw
+    return "k:" + hmac.new(secret or _SECRET, data, hashlib.blake2b).hexdigest()[:32]
+
+
+def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    text = text.strip().strip('"')
+    if text.startswith("[") and "]" in text:
+        text = text[1 : text.index("]")]
+    elif text.count(":") == 1:  # v4 with a port
+        text = text.split(":", 1)[0]
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+class ClientIP:
+    """Finds the client address of a request; call it with the peer address and the headers.
+
+    >>> key = ClientIP(trusted_proxies=["10.0.0.0/8"])
+    >>> key("10.1.2.3", [("x-forwarded-for", "6.6.6.6, 203.0.113.9")])
+    '203.0.113.9'
+    >>> key("198.51.100.7", [("x-forwarded-for", "1.2.3.4")])  # untrusted peer: header ignored
+    '198.51.100.7'
+
+    ``ipv6_prefix`` groups IPv6 clients by network (a /64 is usually one subscriber).
+    """
+
+    def __init__(self, trusted_proxies: Iterable[str] = (), ipv6_prefix: int | None = 64) -> None:
+        nets: list[IPNetwork] = []
+        for cidr in trusted_proxies:
+            try:
+                nets.append(ipaddress.ip_network(cidr, strict=False))
+            except ValueError:
+                raise InvalidArgumentError(
+                    f"trusted proxy must be an IP address or CIDR, got {cidr!r}"
+                ) from None
+        if ipv6_prefix is not None and (isinstance(ipv6_prefix, bool) or not 1 <= ipv6_prefix <= 128):
+            raise InvalidArgumentError(f"ipv6_prefix must be 1..128 or None, got {ipv6_prefix!r}")
+        self._trusted = tuple(nets)
+        self._v6 = ipv6_prefix
+
+    def _is_trusted(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        return any(ip in net for net in self._trusted)
+
+    def _key(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+        if isinstance(ip, ipaddress.IPv6Address):
+            if ip.ipv4_mapped is not None:
+                return str(ip.ipv4_mapped)
+            if self._v6 is not None and self._v6 < 128:
+                return str(ipaddress.ip_network(f"{ip}/{self._v6}", strict=False))
+        return str(ip)
+
+    def __call__(self, peer: str | None, headers: Sequence[tuple[str, str]]) -> str:
+        ip = _parse_ip(peer) if peer else None
+        if ip is None:
+            return peer or "unknown"
+        if not self._trusted or not self._is_trusted(ip):
+            return self._key(ip)
+        hops: list[str] = []
+        for name, value in headers:
+            lname = name.lower()
+            if lname == "x-forwarded-for":
+                hops.extend(part for part in value.split(","))
+            elif lname == "forwarded":
+                hops.extend(m.group(1) for m in _FOR.finditer(value))
+        client = ip
+        for hop in reversed(hops):
+            addr = _parse_ip(hop)
+            if addr is None:
+                break  # garbage in the chain: stop at the last address we could trust
+            client = addr
+            if not self._is_trusted(addr):
+                break
+        return self._key(client)

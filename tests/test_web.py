@@ -1,0 +1,166 @@
+"""Client keys, response fields and the ASGI middleware (Starlette's TestClient, in process),
+on memory and Redis limiters."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from hotlimit import InvalidArgumentError, Limiter
+from hotlimit.asgi import RateLimitMiddleware, Rule
+from hotlimit.headers import rate_limit_headers
+from hotlimit.keys import ClientIP, hash_secret_key
+
+# -- client keys ------------------------------------------------------------------------------
+
+
+def test_untrusted_peer_cannot_spoof() -> None:
+    key = ClientIP(trusted_proxies=["10.0.0.0/8"])
+    spoof = [("X-Forwarded-For", "1.1.1.1"), ("Forwarded", "for=2.2.2.2")]
+    assert key("198.51.100.7", spoof) == "198.51.100.7"
+    assert ClientIP()("198.51.100.7", spoof) == "198.51.100.7", "no trusted proxies: headers ignored"
+
+
+def test_trusted_chain_is_read_right_to_left() -> None:
+    key = ClientIP(trusted_proxies=["10.0.0.0/8", "192.0.2.1"])
+    # The client wrote "6.6.6.6" itself; 203.0.113.9 is what the first trusted proxy saw.
+    headers = [("x-forwarded-for", "6.6.6.6, 203.0.113.9, 192.0.2.1")]
+    assert key("10.0.0.5", headers) == "203.0.113.9"
+    assert key("10.0.0.5", [("forwarded", 'for=6.6.6.6, for="[2001:db8::1]:443"')]) == "2001:db8::/64"
+    assert key("10.0.0.5", [("x-forwarded-for", "10.1.1.1, 10.2.2.2")]) == "10.1.1.1", "all trusted"
+    assert key("10.0.0.5", [("x-forwarded-for", "garbage, 203.0.113.9")]) == "203.0.113.9"
+    assert key("10.0.0.5", []) == "10.0.0.5"
+
+
+def test_ipv6_grouping_and_bad_config() -> None:
+    assert ClientIP()("2001:db8:1:2:3:4:5:6", []) == "2001:db8:1:2::/64"
+    assert ClientIP(ipv6_prefix=None)("2001:db8::5", []) == "2001:db8::5"
+    assert ClientIP()("::ffff:192.0.2.7", []) == "192.0.2.7"
+    with pytest.raises(InvalidArgumentError, match="not-an-ip"):
+        ClientIP(trusted_proxies=["not-an-ip"])
+
+
+def test_api_keys_are_hashed() -> None:
+    h = hash_secret_key("sk_live_secret", secret=b"s" * 32)
+    assert h == hash_secret_key(b"sk_live_secret", secret=b"s" * 32)
+    assert "sk_live_secret" not in h and h.startswith("k:") and len(h) == 34
+    assert h != hash_secret_key("sk_live_secret", secret=b"t" * 32)
+
+
+# -- response fields --------------------------------------------------------------------------
+
+
+def test_ietf_and_legacy_fields() -> None:
+    per_s = Limiter("2/second")
+    per_day = Limiter("100/day")
+    results = [(per_s, per_s.hit("k")), (per_day, per_day.hit("k"))]
+    fields = dict(rate_limit_headers(results))
+    assert fields["RateLimit-Policy"].count(";q=") == 2 and ";w=86400" in fields["RateLimit-Policy"]
+    assert ";r=1;t=1" in fields["RateLimit"]
+    per_s.hit("k")
+    denied = per_s.hit("k")
+    fields = dict(rate_limit_headers([(per_s, denied)], style="x", denied=True))
+    assert fields["X-RateLimit-Limit"] == "2" and fields["X-RateLimit-Remaining"] == "0"
+    assert fields["Retry-After"] == "1", "whole seconds, rounded up"
+    assert "RateLimit-Limit" in dict(rate_limit_headers([(per_s, denied)], style="draft"))
+
+
+# -- ASGI middleware --------------------------------------------------------------------------
+
+
+_clients: list[Client] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
+class Client:
+    """Drives an ASGI app in process through httpx's ASGI transport (peer 127.0.0.1)."""
+
+    def __init__(self, app: object, limiters: list[Limiter]) -> None:
+        self.app = app
+        self.limiters = limiters
+        self.loop = asyncio.new_event_loop()  # one loop: async Redis connections belong to it
+
+    def request(self, method: str, path: str, **kw: object) -> httpx.Response:
+        async def go() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.app)  # type: ignore[arg-type]
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+                return await c.request(method, path, **kw)  # type: ignore[arg-type]
+
+        return self.loop.run_until_complete(go())
+
+    def close(self) -> None:
+        for lim in self.limiters:
+            self.loop.run_until_complete(lim.aclose())
+        self.loop.close()
+
+    def post(self, path: str, **kw: object) -> httpx.Response:
+        return self.request("POST", path, **kw)
+
+    def get(self, path: str, **kw: object) -> httpx.Response:
+        return self.request("GET", path, **kw)
+
+
+def _app(**kw: object) -> tuple[Client, dict[str, list[object]]]:
+    seen: dict[str, list[object]] = {"bodies": [], "denied": []}
+
+    async def upload(request: Request) -> PlainTextResponse:
+        seen["bodies"].append(await request.body())
+        return PlainTextResponse("ok")
+
+    async def health(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("up")
+
+    app = Starlette(routes=[Route("/upload", upload, methods=["POST"]), Route("/health", health)])
+    url = kw.pop("redis", None)
+    backend = {"redis": url, "prefix": "web:", "redis_timeout": 2.0} if url else {}
+    limits = [Limiter(str(kw.pop("rate", "2/minute")), **backend), Limiter("100/day", **backend)]  # type: ignore[arg-type]
+    rules = [Rule("/upload", limits, methods=["POST"])]
+    wrapped = RateLimitMiddleware(
+        app, rules, exempt=["/health"], on_deny=lambda scope, key, ds: seen["denied"].append(key), **kw
+    )
+    client = Client(wrapped, limits)
+    _clients.append(client)
+    return client, seen
+
+
+def test_denies_with_429_json_and_never_reads_the_body() -> None:
+    client, seen = _app()
+    for _ in range(2):
+        r = client.post("/upload", content=b"data")
+        assert r.status_code == 200 and "RateLimit" in r.headers and "RateLimit-Policy" in r.headers
+    r = client.post("/upload", content=b"big body that must not be read")
+    assert r.status_code == 429
+    assert r.json() == {"error": "rate_limited", "detail": "Too many requests", "retry_after": 30}
+    assert r.headers["retry-after"] == "30"
+    assert seen["bodies"] == [b"data", b"data"], "the denied request's body was never read"
+    assert seen["denied"] == ["127.0.0.1"]
+    assert all(client.get("/health").status_code == 200 for _ in range(5)), "exempt path"
+
+
+def test_shadow_mode_reports_but_never_blocks() -> None:
+    client, seen = _app(shadow=True)
+    codes = [client.post("/upload", content=b"x").status_code for _ in range(4)]
+    assert codes == [200] * 4
+    assert len(seen["denied"]) == 2
+
+
+def test_other_routes_and_methods_pass(redis_server: object) -> None:
+    url = redis_server.url  # type: ignore[attr-defined]
+    client, _ = _app(redis=url, rate="1/minute", headers="x")
+    assert client.post("/upload", content=b"a").headers["x-ratelimit-remaining"] == "0"
+    assert client.post("/upload", content=b"a").status_code == 429, "shared limit in Redis"
+    assert client.get("/health").status_code == 200
+    assert client.get("/upload").status_code == 405, "GET is not in the rule; the app answers"
