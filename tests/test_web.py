@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from hotlimit import InvalidArgumentError, Limiter
+from hotlimit import InvalidArgumentError, InvalidCostError, Limiter
 from hotlimit.asgi import RateLimitMiddleware, Rule
 from hotlimit.headers import rate_limit_headers
 from hotlimit.keys import ClientIP, hash_secret_key
@@ -164,3 +164,71 @@ def test_other_routes_and_methods_pass(redis_server: object) -> None:
     assert client.post("/upload", content=b"a").status_code == 429, "shared limit in Redis"
     assert client.get("/health").status_code == 200
     assert client.get("/upload").status_code == 405, "GET is not in the rule; the app answers"
+
+
+# -- WSGI middleware (Flask) ------------------------------------------------------------------
+
+
+def test_flask_app_through_wsgi_middleware() -> None:
+    import flask
+
+    from hotlimit.keys import ClientIP
+    from hotlimit.wsgi import RateLimitMiddleware as WSGIMiddleware
+
+    app = flask.Flask("t")
+    bodies: list[bytes] = []
+
+    @app.post("/upload")
+    def upload() -> str:
+        bodies.append(flask.request.get_data())
+        return "ok"
+
+    @app.get("/health")
+    def health() -> str:
+        return "up"
+
+    rules = [Rule("/upload", Limiter("2/minute"), methods=["POST"])]
+    app.wsgi_app = WSGIMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, rules, exempt=["/health"], client_ip=ClientIP(trusted_proxies=["127.0.0.1"])
+    )
+    client = app.test_client()
+    forwarded = {"X-Forwarded-For": "203.0.113.5"}
+    assert [client.post("/upload", data=b"x", headers=forwarded).status_code for _ in range(2)] == [200, 200]
+    r = client.post("/upload", data=b"never read", headers=forwarded)
+    assert r.status_code == 429 and r.get_json()["error"] == "rate_limited"
+    assert int(r.headers["Retry-After"]) >= 1 and "RateLimit" in r.headers
+    assert bodies == [b"x", b"x"]
+    other = client.post("/upload", data=b"y", headers={"X-Forwarded-For": "203.0.113.6"})
+    assert other.status_code == 200, "a different client behind the trusted proxy"
+    assert all(client.get("/health").status_code == 200 for _ in range(4))
+
+
+# -- decorators -------------------------------------------------------------------------------
+
+
+def test_decorator_raises_or_waits() -> None:
+    from hotlimit import ManualClock, RateLimitExceeded
+
+    clock = ManualClock()
+    limiter = Limiter("2/second", clock=clock)
+
+    @limiter.limit(key=lambda user: f"user:{user}")
+    def work(user: str) -> str:
+        return f"done {user}"
+
+    assert work("a") == "done a" and work("a") == "done a"
+    with pytest.raises(RateLimitExceeded) as info:
+        work("a")
+    assert info.value.decision.retry_after > 0 and info.value.key == "user:a"
+    assert work("b") == "done b", "keys are per user"
+
+    @limiter.limit(key="shared", wait=True, timeout=5.0)
+    async def slow() -> int:
+        return 1
+
+    async def main() -> list[int]:
+        return [await slow() for _ in range(4)]
+
+    assert asyncio.run(main()) == [1, 1, 1, 1], "waited (the test clock moved) instead of raising"
+    with pytest.raises(InvalidCostError, match="at least 1"):
+        limiter.limit(cost=0)

@@ -17,6 +17,7 @@ from hotlimit._errors import (
     InvalidKeyError,
     InvalidRateError,
     KeyTypeError,
+    RateLimitExceeded,
     StorageError,
 )
 from hotlimit._native import Decision, ManualClock
@@ -43,6 +44,7 @@ __all__ = [
     "Limiter",
     "ManualClock",
     "Rate",
+    "RateLimitExceeded",
     "StorageError",
     "ahit_many",
     "hit_many",

@@ -11,7 +11,8 @@ those keeps working::
     ├── KeyTypeError          (TypeError)   key is not str or bytes
     ├── InvalidCostError      (ValueError)  cost below 1 or above the limiter's capacity
     ├── CostTypeError         (TypeError)   cost is not an int
-    └── StorageError                        Redis failed or timed out (the cause is chained)
+    ├── StorageError                        Redis failed or timed out (the cause is chained)
+    └── RateLimitExceeded                   raised by @limiter.limit(...) only; carries the Decision
 
 A denial is never an exception: ``hit`` returns a ``Decision`` whose ``allowed`` is False.
 """
@@ -26,6 +27,7 @@ __all__ = [
     "InvalidKeyError",
     "InvalidRateError",
     "KeyTypeError",
+    "RateLimitExceeded",
     "StorageError",
 ]
 
@@ -60,3 +62,14 @@ class CostTypeError(HotlimitError, TypeError):
 
 class StorageError(HotlimitError):
     """The shared store (Redis) failed or did not answer in time. The cause is chained."""
+
+
+class RateLimitExceeded(HotlimitError):
+    """A function guarded by ``@limiter.limit(...)`` was called over its limit. ``decision``
+    holds the denial (``retry_after`` says when to try again)."""
+
+    def __init__(self, decision: object, key: object = None) -> None:
+        self.decision = decision
+        self.key = key
+        retry = getattr(decision, "retry_after", 0.0)
+        super().__init__(f"rate limit exceeded; retry after {retry:.3f} s")

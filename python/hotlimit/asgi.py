@@ -22,7 +22,7 @@ from hotlimit.headers import Style, rate_limit_headers, retry_after_seconds
 from hotlimit.keys import ClientIP
 from hotlimit.limiter import Limiter, ahit_many
 
-__all__ = ["RateLimitMiddleware", "Rule"]
+__all__ = ["RateLimitMiddleware", "Rule", "default_body", "match_rule"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -59,7 +59,14 @@ class Rule:
         return fnmatch.fnmatchcase(path, self.path)
 
 
-def _default_body(d: Decision) -> dict[str, Any]:
+def match_rule(rules: Sequence[Rule], exempt: Sequence[str], path: str, method: str) -> Rule | None:
+    """The first rule for this request, or None (no rule, or an exempt path)."""
+    if any(fnmatch.fnmatchcase(path, e) for e in exempt):
+        return None
+    return next((r for r in rules if r.matches(path, method)), None)
+
+
+def default_body(d: Decision) -> dict[str, Any]:
     return {"error": "rate_limited", "detail": "Too many requests", "retry_after": retry_after_seconds(d)}
 
 
@@ -83,7 +90,7 @@ class RateLimitMiddleware:
         shadow: bool = False,
         headers: Style | None = "ietf",
         on_deny: Callable[[Scope, str, list[Decision]], object] | None = None,
-        body: Callable[[Decision], dict[str, Any]] = _default_body,
+        body: Callable[[Decision], dict[str, Any]] = default_body,
     ) -> None:
         self.app = app
         self.rules = list(rules)
@@ -98,13 +105,9 @@ class RateLimitMiddleware:
         self.denied = 0
 
     def _rule(self, scope: Scope) -> Rule | None:
-        path = scope.get("path", "")
-        if any(fnmatch.fnmatchcase(path, e) for e in self.exempt):
-            return None
         if self.skip is not None and self.skip(scope):
             return None
-        method = scope.get("method", "GET")
-        return next((r for r in self.rules if r.matches(path, method)), None)
+        return match_rule(self.rules, self.exempt, scope.get("path", ""), scope.get("method", "GET"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("type") != "http":

@@ -617,6 +617,68 @@ class Limiter:
             else:
                 await asyncio.sleep(wait)
 
+    # -- decorator --------------------------------------------------------------------------
+
+    def limit(
+        self,
+        key: Key | Callable[..., Key] | None = None,
+        *,
+        cost: int = 1,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Guards a function (plain or ``async def``) with this limiter.
+
+        ``key`` is a constant, a function of the call's arguments (``key=lambda user, **_:
+        user.id``), or None (one limit for the function). Over the limit, the call raises
+        :class:`~hotlimit.RateLimitExceeded` carrying the Decision, or with ``wait=True`` waits
+        until allowed (at most ``timeout`` seconds, then raises).
+
+        >>> limiter = Limiter("1/minute")
+        >>> @limiter.limit()
+        ... def send_report() -> str:
+        ...     return "sent"
+        >>> send_report()
+        'sent'
+        """
+        import functools
+        import inspect
+
+        from hotlimit._errors import RateLimitExceeded
+
+        self._cost(cost)
+
+        def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+            fixed = f"fn:{fn.__module__}.{fn.__qualname__}" if key is None else key
+
+            def key_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Key:
+                k = fixed(*args, **kwargs) if callable(fixed) else fixed
+                return k
+
+            if inspect.iscoroutinefunction(fn):
+
+                @functools.wraps(fn)
+                async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                    k = key_of(args, kwargs)
+                    d = await (self.aacquire(k, cost, timeout) if wait else self.ahit(k, cost))
+                    if not d.allowed:
+                        raise RateLimitExceeded(d, k)
+                    return await fn(*args, **kwargs)
+
+                return async_wrapper
+
+            @functools.wraps(fn)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                k = key_of(args, kwargs)
+                d = self.acquire(k, cost, timeout) if wait else self.hit(k, cost)
+                if not d.allowed:
+                    raise RateLimitExceeded(d, k)
+                return fn(*args, **kwargs)
+
+            return wrapper
+
+        return decorate
+
     # -- inspection -------------------------------------------------------------------------
 
     @property
