@@ -232,3 +232,58 @@ def test_decorator_raises_or_waits() -> None:
     assert asyncio.run(main()) == [1, 1, 1, 1], "waited (the test clock moved) instead of raising"
     with pytest.raises(InvalidCostError, match="at least 1"):
         limiter.limit(cost=0)
+
+
+# -- metrics and a real server ----------------------------------------------------------------
+
+
+def test_metrics_count_and_export() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from hotlimit.metrics import Metrics
+
+    metrics = Metrics()
+    client, _ = _app(metrics=metrics)
+    for _ in range(3):
+        client.post("/upload", content=b"x")
+    snap = metrics.snapshot()
+    assert snap["routes"]["/upload"]["allowed"] == 2 and snap["routes"]["/upload"]["denied"] == 1
+    assert all(s == {"mode": "memory", "degraded": False} for s in snap["limiters"].values())
+    registry = CollectorRegistry()
+    metrics.register_prometheus(registry)
+    text = generate_latest(registry).decode()
+    assert 'hotlimit_decisions_total{outcome="denied",route="/upload"} 1.0' in text
+    assert 'hotlimit_decision_seconds_count{route="/upload"} 3.0' in text
+    assert "127.0.0.1" not in text, "no client key in the metrics"
+
+
+def test_end_to_end_through_uvicorn() -> None:
+    """A real server on loopback, a real HTTP client: 429 after the limit, with its fields."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from tests.servers import free_port
+
+    async def hello(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("hi")
+
+    app = RateLimitMiddleware(Starlette(routes=[Route("/hi", hello)]), [Rule("/hi", Limiter("3/minute"))])
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
+            codes = [http.get("/hi").status_code for _ in range(4)]
+            last = http.get("/hi")
+        assert codes == [200, 200, 200, 429]
+        assert last.status_code == 429 and int(last.headers["retry-after"]) >= 1
+        assert last.json()["error"] == "rate_limited"
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from hotlimit._native import Decision
 from hotlimit.headers import Style, rate_limit_headers, retry_after_seconds
 from hotlimit.keys import ClientIP
 from hotlimit.limiter import Limiter, ahit_many
+from hotlimit.metrics import Metrics
 
 __all__ = ["RateLimitMiddleware", "Rule", "default_body", "match_rule"]
 
@@ -59,6 +61,10 @@ class Rule:
         return fnmatch.fnmatchcase(path, self.path)
 
 
+def _route_name(rule: Rule) -> str:
+    return rule.path.pattern if isinstance(rule.path, re.Pattern) else rule.path
+
+
 def match_rule(rules: Sequence[Rule], exempt: Sequence[str], path: str, method: str) -> Rule | None:
     """The first rule for this request, or None (no rule, or an exempt path)."""
     if any(fnmatch.fnmatchcase(path, e) for e in exempt):
@@ -91,6 +97,7 @@ class RateLimitMiddleware:
         headers: Style | None = "ietf",
         on_deny: Callable[[Scope, str, list[Decision]], object] | None = None,
         body: Callable[[Decision], dict[str, Any]] = default_body,
+        metrics: Metrics | None = None,
     ) -> None:
         self.app = app
         self.rules = list(rules)
@@ -101,6 +108,11 @@ class RateLimitMiddleware:
         self.headers = headers
         self.on_deny = on_deny
         self.body = body
+        self.metrics = metrics
+        if metrics is not None:
+            for rule in self.rules:
+                for lim in rule._limits:
+                    metrics.watch(lim)
         self.allowed = 0
         self.denied = 0
 
@@ -121,9 +133,12 @@ class RateLimitMiddleware:
         raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers", [])]
         ip = self.client_ip(peer[0] if peer else None, raw)
         key = rule.key(scope, ip) if rule.key is not None else ip
+        t0 = time.perf_counter()
         decisions = await ahit_many([(lim, key) for lim in rule._limits])
         results = list(zip(rule._limits, decisions, strict=True))
         ok = all(decisions)
+        if self.metrics is not None:
+            self.metrics.record(_route_name(rule), ok, time.perf_counter() - t0)
         if not ok:
             self.denied += 1
             if self.on_deny is not None:

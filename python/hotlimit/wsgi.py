@@ -5,14 +5,16 @@ read."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from hotlimit._native import Decision
-from hotlimit.asgi import Rule, default_body, match_rule
+from hotlimit.asgi import Rule, _route_name, default_body, match_rule
 from hotlimit.headers import Style, rate_limit_headers, retry_after_seconds
 from hotlimit.keys import ClientIP
 from hotlimit.limiter import hit_many
+from hotlimit.metrics import Metrics
 
 __all__ = ["RateLimitMiddleware", "Rule"]
 
@@ -46,6 +48,7 @@ class RateLimitMiddleware:
         headers: Style | None = "ietf",
         on_deny: Callable[[Environ, str, list[Decision]], object] | None = None,
         body: Callable[[Decision], dict[str, Any]] = default_body,
+        metrics: Metrics | None = None,
     ) -> None:
         self.app = app
         self.rules = list(rules)
@@ -56,6 +59,11 @@ class RateLimitMiddleware:
         self.headers = headers
         self.on_deny = on_deny
         self.body = body
+        self.metrics = metrics
+        if metrics is not None:
+            for rule in self.rules:
+                for lim in rule._limits:
+                    metrics.watch(lim)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if self.skip is not None and self.skip(environ):
@@ -67,8 +75,11 @@ class RateLimitMiddleware:
             return self.app(environ, start_response)
         ip = self.client_ip(environ.get("REMOTE_ADDR"), _headers(environ))
         key = rule.key(environ, ip) if rule.key is not None else ip
+        t0 = time.perf_counter()
         decisions = hit_many([(lim, key) for lim in rule._limits])
         ok = all(decisions)
+        if self.metrics is not None:
+            self.metrics.record(_route_name(rule), ok, time.perf_counter() - t0)
         if not ok and self.on_deny is not None:
             self.on_deny(environ, key, decisions)
         results = list(zip(rule._limits, decisions, strict=True))
