@@ -287,3 +287,134 @@ def test_end_to_end_through_uvicorn() -> None:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+# -- tiers, run-time changes, admin reset, logs -------------------------------------------------
+
+
+def test_tiers_runtime_changes_reset_and_hashed_logs(caplog: pytest.LogCaptureFixture) -> None:
+    free, pro = Limiter("1/minute"), Limiter("3/minute")
+
+    def tier(scope: dict[str, object], key: str) -> Limiter:
+        headers = dict(scope["headers"])  # type: ignore[call-overload]
+        return pro if headers.get(b"x-plan") == b"pro" else free
+
+    async def ok(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/a", ok), Route("/b", ok)])
+    rule_b = Rule("/b", Limiter("1/minute"))
+    mw = RateLimitMiddleware(app, [Rule("/a", choose=tier), rule_b])
+    client = Client(mw, [])
+    _clients.append(client)
+    assert [client.get("/a").status_code for _ in range(2)] == [200, 429], "free tier: 1"
+    pro_codes = [client.get("/a", headers={"x-plan": "pro"}).status_code for _ in range(4)]
+    assert pro_codes == [200, 200, 200, 429], "pro tier: 3, counted separately"
+    assert client.get("/b").status_code == 200
+    with caplog.at_level("INFO", logger="hotlimit"):
+        assert client.get("/b").status_code == 429
+    assert "rate limited: route=/b client=k:" in caplog.text and "127.0.0.1" not in caplog.text
+    rule_b.set_limits(Limiter("5/minute"))
+    assert client.get("/b").status_code == 200, "a new limit at run time"
+    assert mw.reset("127.0.0.1") == 1
+    with pytest.raises(InvalidArgumentError, match="Limiter"):
+        rule_b.set_limits([])
+
+
+# -- Django through the WSGI middleware -----------------------------------------------------------
+
+
+def test_django_view_through_wsgi_middleware() -> None:
+    import io
+    import wsgiref.util
+
+    import django
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure(
+            DEBUG=False, ALLOWED_HOSTS=["*"], ROOT_URLCONF=__name__, SECRET_KEY="t", MIDDLEWARE=[]
+        )
+        django.setup()
+    from django.core.wsgi import get_wsgi_application
+
+    from hotlimit.wsgi import RateLimitMiddleware as WSGIMiddleware
+
+    app = WSGIMiddleware(get_wsgi_application(), [Rule("/view/", Limiter("2/minute"))])
+
+    def call() -> tuple[str, dict[str, str], bytes]:
+        environ: dict[str, object] = {
+            "PATH_INFO": "/view/",
+            "REMOTE_ADDR": "192.0.2.10",
+            "wsgi.input": io.BytesIO(),
+        }
+        wsgiref.util.setup_testing_defaults(environ)
+        seen: dict[str, object] = {}
+
+        def start_response(status: str, headers: list[tuple[str, str]], *exc: object) -> None:
+            seen["status"], seen["headers"] = status, dict(headers)
+
+        body = b"".join(app(environ, start_response))
+        return str(seen["status"]), seen["headers"], body  # type: ignore[return-value]
+
+    first = call()
+    assert first[0].startswith("200") and first[2] == b"django ok" and "RateLimit" in first[1]
+    call()
+    status, headers, body = call()
+    assert status.startswith("429") and int(headers["Retry-After"]) >= 1 and b"rate_limited" in body
+
+
+def _django_view(request: object) -> object:
+    from django.http import HttpResponse
+
+    return HttpResponse(b"django ok")
+
+
+def __getattr__(name: str) -> object:
+    # Django reads ROOT_URLCONF (this module) lazily; build the patterns on first use.
+    if name == "urlpatterns":
+        from django.urls import path
+
+        return [path("view/", _django_view)]
+    raise AttributeError(name)
+
+
+def test_per_user_and_per_tenant_limits_together() -> None:
+    from hotlimit.asgi import Scoped
+
+    async def ok(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    per_user = Limiter("2/minute")
+    per_tenant = Limiter("3/minute")
+
+    def user(scope: dict[str, object], ip: str) -> str:
+        return "u:" + dict(scope["headers"]).get(b"x-user", b"?").decode()  # type: ignore[call-overload]
+
+    def tenant(scope: dict[str, object], ip: str) -> str:
+        return "t:" + dict(scope["headers"]).get(b"x-tenant", b"?").decode()  # type: ignore[call-overload]
+
+    rule = Rule("/api", [per_user, Scoped(per_tenant, tenant)], key=user)
+    client = Client(RateLimitMiddleware(Starlette(routes=[Route("/api", ok)]), [rule]), [])
+    _clients.append(client)
+
+    def get(u: str) -> int:
+        return client.get("/api", headers={"x-user": u, "x-tenant": "acme"}).status_code
+
+    assert [get("alice"), get("alice"), get("alice")] == [200, 200, 429], "per user: 2"
+    assert get("bob") == 200, "the tenant's third unit"
+    assert get("carol") == 429, "per tenant: 3, all-or-nothing"
+    assert per_user.peek("u:carol").remaining == 1, "the tenant denial consumed nothing from carol"
+
+
+def test_starlette_add_middleware_as_in_the_readme() -> None:
+    async def ok(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/api/x", ok)])
+    app.add_middleware(
+        RateLimitMiddleware, rules=[Rule("/api/*", [Limiter("1/second"), Limiter("10000/day")])]
+    )
+    client = Client(app, [])
+    _clients.append(client)
+    assert [client.get("/api/x").status_code for _ in range(2)] == [200, 429]

@@ -11,20 +11,29 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from hotlimit._errors import InvalidArgumentError
 from hotlimit._native import Decision
 from hotlimit.headers import Style, rate_limit_headers, retry_after_seconds
-from hotlimit.keys import ClientIP
+from hotlimit.keys import ClientIP, hash_secret_key
 from hotlimit.limiter import Limiter, ahit_many
 from hotlimit.metrics import Metrics
 
-__all__ = ["RateLimitMiddleware", "Rule", "default_body", "match_rule"]
+__all__ = [
+    "RateLimitMiddleware",
+    "Rule",
+    "Scoped",
+    "default_body",
+    "log_denial",
+    "match_rule",
+    "reset_client",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -34,6 +43,17 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 KeyFunc = Callable[[Scope, str], str]
 
 
+class Scoped(NamedTuple):
+    """A limit of a rule counted under its own key: ``Scoped(per_tenant, key=lambda scope, ip:
+    tenant_of(scope))`` next to a per-user limit, both checked all-or-nothing."""
+
+    limiter: Limiter
+    key: KeyFunc
+
+
+Limit = Limiter | Scoped
+
+
 @dataclass
 class Rule:
     """Limits for requests whose path matches ``path`` (a glob like ``/api/*``, or a compiled
@@ -41,17 +61,35 @@ class Rule:
     together, all-or-nothing. ``key(scope, client_ip)`` picks the client key (default: the IP)."""
 
     path: str | re.Pattern[str]
-    limits: Limiter | Sequence[Limiter]
+    limits: Limit | Sequence[Limit] = ()
     methods: Iterable[str] = ()
     key: KeyFunc | None = None
+    #: Tiers: ``choose(scope, client_key)`` returns the limit(s) for this request (free / pro).
+    choose: Callable[[Scope, str], Limit | Sequence[Limit]] | None = None
     _methods: frozenset[str] = field(init=False, repr=False)
-    _limits: tuple[Limiter, ...] = field(init=False, repr=False)
+    _limits: tuple[Limit, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._methods = frozenset(m.upper() for m in self.methods)
-        self._limits = (self.limits,) if isinstance(self.limits, Limiter) else tuple(self.limits)
-        if not self._limits or not all(isinstance(x, Limiter) for x in self._limits):
-            raise InvalidArgumentError(f"a rule needs one or more Limiter objects, got {self.limits!r}")
+        self._limits = ()
+        if self.choose is None or self.limits:
+            self.set_limits(self.limits)
+
+    def set_limits(self, limits: Limit | Sequence[Limit]) -> None:
+        """Replaces the rule's limits at run time (requests in flight finish on the old ones)."""
+        new = _as_limits(limits)
+        if not new:
+            raise InvalidArgumentError(f"a rule needs one or more Limiter objects, got {limits!r}")
+        self._limits = new
+
+    def limits_for(self, scope: Scope, key: str, ip: str) -> list[tuple[Limiter, str]]:
+        """Each limit of this request with the key it is counted under."""
+        limits = self._limits if self.choose is None else _as_limits(self.choose(scope, key))
+        return [(x, key) if isinstance(x, Limiter) else (x.limiter, x.key(scope, ip)) for x in limits]
+
+    @property
+    def limiters(self) -> list[Limiter]:
+        return [x if isinstance(x, Limiter) else x.limiter for x in self._limits]
 
     def matches(self, path: str, method: str) -> bool:
         if self._methods and method.upper() not in self._methods:
@@ -59,6 +97,30 @@ class Rule:
         if isinstance(self.path, re.Pattern):
             return self.path.fullmatch(path) is not None
         return fnmatch.fnmatchcase(path, self.path)
+
+
+def _as_limits(limits: Limit | Sequence[Limit]) -> tuple[Limit, ...]:
+    new = (limits,) if isinstance(limits, Limiter | Scoped) else tuple(limits)
+    for x in new:
+        if not isinstance(x, Limiter | Scoped) or not isinstance(
+            x if isinstance(x, Limiter) else x.limiter, Limiter
+        ):
+            raise InvalidArgumentError(f"a rule's limits are Limiter or Scoped objects, got {x!r}")
+    return new
+
+
+_log = logging.getLogger("hotlimit")
+
+
+def log_denial(rule: Rule, key: str) -> None:
+    """Logs a denial with a hash of the client key, never the key itself."""
+    if _log.isEnabledFor(logging.INFO):
+        _log.info("rate limited: route=%s client=%s", _route_name(rule), hash_secret_key(key))
+
+
+def reset_client(rules: Sequence[Rule], key: str) -> int:
+    """Admin: forgets ``key`` in every static limit of ``rules``; returns how many had it."""
+    return sum(bool(lim.reset(key)) for rule in rules for lim in rule.limiters)
 
 
 def _route_name(rule: Rule) -> str:
@@ -111,7 +173,7 @@ class RateLimitMiddleware:
         self.metrics = metrics
         if metrics is not None:
             for rule in self.rules:
-                for lim in rule._limits:
+                for lim in rule.limiters:
                     metrics.watch(lim)
         self.allowed = 0
         self.denied = 0
@@ -120,6 +182,10 @@ class RateLimitMiddleware:
         if self.skip is not None and self.skip(scope):
             return None
         return match_rule(self.rules, self.exempt, scope.get("path", ""), scope.get("method", "GET"))
+
+    def reset(self, key: str) -> int:
+        """Admin: forgets one client (its key as the rules compute it) in every rule."""
+        return reset_client(self.rules, key)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("type") != "http":
@@ -134,13 +200,18 @@ class RateLimitMiddleware:
         ip = self.client_ip(peer[0] if peer else None, raw)
         key = rule.key(scope, ip) if rule.key is not None else ip
         t0 = time.perf_counter()
-        decisions = await ahit_many([(lim, key) for lim in rule._limits])
-        results = list(zip(rule._limits, decisions, strict=True))
+        pairs = rule.limits_for(scope, key, ip)
+        if len(pairs) == 1:
+            decisions = [await pairs[0][0].ahit(pairs[0][1])]
+        else:
+            decisions = await ahit_many(pairs)
+        results = [(lim, d) for (lim, _), d in zip(pairs, decisions, strict=True)]
         ok = all(decisions)
         if self.metrics is not None:
             self.metrics.record(_route_name(rule), ok, time.perf_counter() - t0)
         if not ok:
             self.denied += 1
+            log_denial(rule, key)
             if self.on_deny is not None:
                 self.on_deny(scope, key, decisions)
         else:

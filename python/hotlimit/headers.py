@@ -5,6 +5,7 @@ or ``X-RateLimit-*`` fields, and ``Retry-After`` in whole seconds, rounded up.""
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 from typing import Literal
 
@@ -21,9 +22,20 @@ def retry_after_seconds(d: Decision) -> int:
     return max(1, math.ceil(d.retry_after - 1e-9))
 
 
-def _policy_name(limiter: Limiter) -> str:
-    name = getattr(limiter, "name", None) or f"{limiter.rate.limit}-per-{limiter.rate.period_ns // 10**6}ms"
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+_POLICIES: weakref.WeakKeyDictionary[Limiter, tuple[str, str]] = weakref.WeakKeyDictionary()
+
+
+def _policy(limiter: Limiter) -> tuple[str, str]:
+    """(name, RateLimit-Policy item) for a limiter, worked out once."""
+    cached = _POLICIES.get(limiter)
+    if cached is None:
+        raw = (
+            getattr(limiter, "name", None) or f"{limiter.rate.limit}-per-{limiter.rate.period_ns // 10**6}ms"
+        )
+        name = "".join(c if c.isalnum() or c in "-_." else "-" for c in raw)
+        window = max(1, math.ceil(limiter.rate.period_ns / 1e9))
+        cached = _POLICIES[limiter] = (name, f'"{name}";q={limiter.rate.limit};w={window}')
+    return cached
 
 
 def rate_limit_headers(
@@ -42,9 +54,8 @@ def rate_limit_headers(
         policies = []
         values = []
         for lim, d in results:
-            name = _policy_name(lim)
-            window = max(1, math.ceil(lim.rate.period_ns / 1e9))
-            policies.append(f'"{name}";q={lim.rate.limit};w={window}')
+            name, policy = _policy(lim)
+            policies.append(policy)
             values.append(f'"{name}";r={d.remaining};t={math.ceil(d.reset_after)}')
         out.append(("RateLimit-Policy", ", ".join(policies)))
         out.append(("RateLimit", ", ".join(values)))

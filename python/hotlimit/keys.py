@@ -84,6 +84,8 @@ class ClientIP:
         return str(ip)
 
     def __call__(self, peer: str | None, headers: Sequence[tuple[str, str]]) -> str:
+        if peer and not self._trusted and ":" not in peer:
+            return peer  # an IPv4 socket peer, written by the server: nothing to parse
         ip = _parse_ip(peer) if peer else None
         if ip is None:
             return peer or "unknown"

@@ -10,13 +10,13 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from hotlimit._native import Decision
-from hotlimit.asgi import Rule, _route_name, default_body, match_rule
+from hotlimit.asgi import Rule, Scoped, _route_name, default_body, log_denial, match_rule, reset_client
 from hotlimit.headers import Style, rate_limit_headers, retry_after_seconds
 from hotlimit.keys import ClientIP
 from hotlimit.limiter import hit_many
 from hotlimit.metrics import Metrics
 
-__all__ = ["RateLimitMiddleware", "Rule"]
+__all__ = ["RateLimitMiddleware", "Rule", "Scoped"]
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
@@ -62,8 +62,12 @@ class RateLimitMiddleware:
         self.metrics = metrics
         if metrics is not None:
             for rule in self.rules:
-                for lim in rule._limits:
+                for lim in rule.limiters:
                     metrics.watch(lim)
+
+    def reset(self, key: str) -> int:
+        """Admin: forgets one client in every rule."""
+        return reset_client(self.rules, key)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if self.skip is not None and self.skip(environ):
@@ -76,13 +80,16 @@ class RateLimitMiddleware:
         ip = self.client_ip(environ.get("REMOTE_ADDR"), _headers(environ))
         key = rule.key(environ, ip) if rule.key is not None else ip
         t0 = time.perf_counter()
-        decisions = hit_many([(lim, key) for lim in rule._limits])
+        pairs = rule.limits_for(environ, key, ip)
+        decisions = [pairs[0][0].hit(pairs[0][1])] if len(pairs) == 1 else hit_many(pairs)
         ok = all(decisions)
         if self.metrics is not None:
             self.metrics.record(_route_name(rule), ok, time.perf_counter() - t0)
-        if not ok and self.on_deny is not None:
-            self.on_deny(environ, key, decisions)
-        results = list(zip(rule._limits, decisions, strict=True))
+        if not ok:
+            log_denial(rule, key)
+            if self.on_deny is not None:
+                self.on_deny(environ, key, decisions)
+        results = [(lim, d) for (lim, _), d in zip(pairs, decisions, strict=True)]
         extra = [] if self.headers is None else rate_limit_headers(results, self.headers, denied=not ok)
         if ok or self.shadow:
             added = [(k, v) for k, v in extra if k != "Retry-After"]
