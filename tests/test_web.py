@@ -418,3 +418,30 @@ def test_starlette_add_middleware_as_in_the_readme() -> None:
     client = Client(app, [])
     _clients.append(client)
     assert [client.get("/api/x").status_code for _ in range(2)] == [200, 429]
+
+
+def test_key_helpers_and_a_hybrid_limiter(redis_server: object) -> None:
+    from hotlimit.keys import api_key, grouped, user
+
+    async def ok(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    url = redis_server.url  # type: ignore[attr-defined]
+    shared = Limiter("2/minute", redis=url, prefix="webhy:", hybrid=True, redis_timeout=2.0)
+    rules = [
+        Rule("/a", shared, key=grouped("export", api_key("x-api-key", secret=b"s" * 32))),
+        Rule("/b", shared, key=grouped("export", api_key("x-api-key", secret=b"s" * 32))),
+    ]
+    seen: list[str] = []
+    app = RateLimitMiddleware(
+        Starlette(routes=[Route("/a", ok), Route("/b", ok)]), rules, on_deny=lambda s, k, d: seen.append(k)
+    )
+    client = Client(app, [shared])
+    _clients.append(client)
+    h = {"x-api-key": "sk_live_1"}
+    codes = [client.get("/a", headers=h).status_code, client.get("/b", headers=h).status_code]
+    assert codes == [200, 200] and client.get("/a", headers=h).status_code == 429, "one budget for the group"
+    assert seen and seen[0].startswith("export:k:") and "sk_live_1" not in seen[0]
+    assert client.get("/a", headers={"x-api-key": "sk_live_2"}).status_code == 200
+    assert user()({"REMOTE_USER": "ann"}, "1.2.3.4") == "user:ann"
+    assert user()({"headers": []}, "1.2.3.4") == "ip:1.2.3.4"

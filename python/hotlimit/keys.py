@@ -13,11 +13,12 @@ import hmac
 import ipaddress
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from hotlimit._errors import InvalidArgumentError
 
-__all__ = ["ClientIP", "hash_secret_key"]
+__all__ = ["ClientIP", "api_key", "grouped", "hash_secret_key", "user"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _FOR = re.compile(r'for\s*=\s*"?\[?([^\]";,]+)\]?(?::\d+)?"?', re.IGNORECASE)
@@ -107,3 +108,51 @@ class ClientIP:
             if not self._is_trusted(addr):
                 break
         return self._key(client)
+
+
+# -- key functions for rules: each takes (scope or environ, client_ip) and returns a key --------
+
+
+def _header(request: Any, name: str) -> str | None:
+    if "headers" in request:  # ASGI scope
+        wanted = name.lower().encode("latin-1")
+        for k, v in request["headers"]:
+            if k.lower() == wanted:
+                return str(v.decode("latin-1"))
+        return None
+    value = request.get("HTTP_" + name.upper().replace("-", "_"))  # WSGI environ
+    return None if value is None else str(value)
+
+
+def api_key(header: str = "authorization", secret: bytes | None = None) -> Callable[[Any, str], str]:
+    """Keys requests by a hash of an API key or token header (the raw value is never kept);
+    requests without one fall back to the client IP."""
+
+    def key(request: Any, ip: str) -> str:
+        raw = _header(request, header)
+        return hash_secret_key(raw, secret) if raw else f"ip:{ip}"
+
+    return key
+
+
+def user(attribute: str = "identity") -> Callable[[Any, str], str]:
+    """Keys requests by the authenticated user (Starlette's ``scope["user"]``, or
+    ``REMOTE_USER`` under WSGI); anonymous requests fall back to the client IP."""
+
+    def key(request: Any, ip: str) -> str:
+        u = request.get("user")
+        if u is not None and getattr(u, "is_authenticated", False):
+            return f"user:{getattr(u, attribute, None) or getattr(u, 'display_name', '')}"
+        remote = request.get("REMOTE_USER")
+        return f"user:{remote}" if remote else f"ip:{ip}"
+
+    return key
+
+
+def grouped(group: str, inner: Callable[[Any, str], str] | None = None) -> Callable[[Any, str], str]:
+    """One budget for a group of routes: rules that share ``group`` (and limiter) share counts."""
+
+    def key(request: Any, ip: str) -> str:
+        return f"{group}:{inner(request, ip) if inner is not None else ip}"
+
+    return key
