@@ -679,6 +679,19 @@ impl DenyFront {
         })
     }
 
+    /// The cached denial as a Decision, else what the store path `f` answers.
+    fn answer<'py>(
+        &self,
+        f: &Option<Py<PyAny>>,
+        key: &Bound<'py, PyAny>,
+        cost: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        match self.cached(key, cost) {
+            Some(d) => Ok(Bound::new(key.py(), d)?.into_any()),
+            None => self.miss(f, key, cost),
+        }
+    }
+
     fn miss<'py>(
         &self,
         f: &Option<Py<PyAny>>,
@@ -755,10 +768,7 @@ impl DenyFront {
         key: &Bound<'py, PyAny>,
         cost: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        if let Some(d) = self.cached(key, cost) {
-            return Ok(Bound::new(key.py(), d)?.into_any());
-        }
-        self.miss(&self.miss_hit, key, cost)
+        self.answer(&self.miss_hit, key, cost)
     }
 
     /// `peek`, the same way.
@@ -768,10 +778,7 @@ impl DenyFront {
         key: &Bound<'py, PyAny>,
         cost: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        if let Some(d) = self.cached(key, cost) {
-            return Ok(Bound::new(key.py(), d)?.into_any());
-        }
-        self.miss(&self.miss_peek, key, cost)
+        self.answer(&self.miss_peek, key, cost)
     }
 
     /// `hit(key, cost).allowed`.

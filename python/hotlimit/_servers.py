@@ -89,15 +89,20 @@ class Server:
 
     def start(self) -> Server:
         self.directory = Path(tempfile.mkdtemp(prefix="hotlimit-redis-"))
+        self._launch("wb")
+        return self
+
+    def _launch(self, log_mode: str) -> None:
+        """Runs the binary in ``directory`` on ``port`` and waits until it answers."""
+        assert self.directory is not None
         args = [
             self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--dir", str(self.directory), "--protected-mode", "no",
             *self.extra,
         ]  # fmt: skip
-        with (self.directory / "server.log").open("wb") as log:
+        with (self.directory / "server.log").open(log_mode) as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         self.wait_ready()
-        return self
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
@@ -145,15 +150,7 @@ class Server:
     def revive(self) -> None:
         """Starts the server again on the same port and directory (a cluster node keeps its
         node configuration)."""
-        assert self.directory is not None
-        args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", str(self.directory), "--protected-mode", "no",
-            *self.extra,
-        ]  # fmt: skip
-        with (self.directory / "server.log").open("ab") as log:
-            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        self.wait_ready()
+        self._launch("ab")
 
     def restart(self) -> None:
         """Stops the server and starts a new one on the same port (state and scripts gone)."""

@@ -26,9 +26,11 @@ from hotlimit.limiter import Limiter, ahit_many
 from hotlimit.metrics import Metrics
 
 __all__ = [
+    "Gate",
     "RateLimitMiddleware",
     "Rule",
     "Scoped",
+    "Verdict",
     "default_body",
     "log_denial",
     "match_rule",
@@ -138,26 +140,36 @@ def default_body(d: Decision) -> dict[str, Any]:
     return {"error": "rate_limited", "detail": "Too many requests", "retry_after": retry_after_seconds(d)}
 
 
-class RateLimitMiddleware:
-    """Applies the first matching rule to each HTTP request.
+class Verdict(NamedTuple):
+    """What a middleware does with a request once its limits are checked."""
 
-    ``exempt``: path globs never limited (health checks). ``skip(scope)``: a predicate that
+    passes: bool  # allowed, or shadow mode: hand it to the app
+    headers: list[tuple[str, str]]  # fields for the app's response, or for the 429
+    body: bytes  # the 429's JSON (empty when the request passes)
+
+
+class Gate:
+    """Everything the ASGI and WSGI middlewares share: the options, rule matching, client keys,
+    the decision, metrics, logs and hooks, and the response fields. Subclasses do the I/O.
+
+    ``exempt``: path globs never limited (health checks). ``skip(request)``: a predicate that
     exempts a request. ``shadow=True``: decide and report (``on_deny``) but never block.
     ``headers``: ``"ietf"`` (default), ``"draft"`` (``RateLimit-Limit/-Remaining/-Reset``),
     ``"x"`` (``X-RateLimit-*``) or ``None``. ``body(decision)``: the JSON of a 429.
+    ``request`` is the ASGI scope or the WSGI environ.
     """
 
     def __init__(
         self,
-        app: ASGIApp,
+        app: Any,
         rules: Sequence[Rule],
         *,
         client_ip: ClientIP | None = None,
         exempt: Iterable[str] = (),
-        skip: Callable[[Scope], bool] | None = None,
+        skip: Callable[[Any], bool] | None = None,
         shadow: bool = False,
         headers: Style | None = "ietf",
-        on_deny: Callable[[Scope, str, list[Decision]], object] | None = None,
+        on_deny: Callable[[Any, str, list[Decision]], object] | None = None,
         body: Callable[[Decision], dict[str, Any]] = default_body,
         metrics: Metrics | None = None,
     ) -> None:
@@ -178,49 +190,74 @@ class RateLimitMiddleware:
         self.allowed = 0
         self.denied = 0
 
-    def _rule(self, scope: Scope) -> Rule | None:
-        if self.skip is not None and self.skip(scope):
-            return None
-        return match_rule(self.rules, self.exempt, scope.get("path", ""), scope.get("method", "GET"))
-
     def reset(self, key: str) -> int:
         """Admin: forgets one client (its key as the rules compute it) in every rule."""
         return reset_client(self.rules, key)
+
+    def _rule(self, request: Any, path: str, method: str) -> Rule | None:
+        if self.skip is not None and self.skip(request):
+            return None
+        return match_rule(self.rules, self.exempt, path, method)
+
+    def _limits(
+        self, request: Any, rule: Rule, peer: str | None, headers: Sequence[tuple[str, str]]
+    ) -> tuple[str, list[tuple[Limiter, str]]]:
+        """The client key and each limit with the key it is counted under."""
+        ip = self.client_ip(peer, headers)
+        key = rule.key(request, ip) if rule.key is not None else ip
+        return key, rule.limits_for(request, key, ip)
+
+    def _verdict(
+        self,
+        request: Any,
+        rule: Rule,
+        key: str,
+        pairs: list[tuple[Limiter, str]],
+        decisions: list[Decision],
+        started: float,
+    ) -> Verdict:
+        ok = all(decisions)
+        if self.metrics is not None:
+            self.metrics.record(_route_name(rule), ok, time.perf_counter() - started)
+        if ok:
+            self.allowed += 1
+        else:
+            self.denied += 1
+            log_denial(rule, key)
+            if self.on_deny is not None:
+                self.on_deny(request, key, decisions)
+        results = [(lim, d) for (lim, _), d in zip(pairs, decisions, strict=True)]
+        extra = [] if self.headers is None else rate_limit_headers(results, self.headers, denied=not ok)
+        if ok or self.shadow:
+            return Verdict(True, [(k, v) for k, v in extra if k != "Retry-After"], b"")
+        worst = max((d for d in decisions if not d.allowed), key=lambda d: d.retry_after)
+        if self.headers is None:
+            extra = [("Retry-After", str(retry_after_seconds(worst)))]
+        return Verdict(False, extra, json.dumps(self.body(worst)).encode("utf-8"))
+
+
+class RateLimitMiddleware(Gate):
+    """Applies the first matching rule to each HTTP request (options: see :class:`Gate`)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("type") != "http":
             await self.app(scope, receive, send)
             return
-        rule = self._rule(scope)
+        rule = self._rule(scope, scope.get("path", ""), scope.get("method", "GET"))
         if rule is None:
             await self.app(scope, receive, send)
             return
         peer = scope.get("client")
         raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers", [])]
-        ip = self.client_ip(peer[0] if peer else None, raw)
-        key = rule.key(scope, ip) if rule.key is not None else ip
-        t0 = time.perf_counter()
-        pairs = rule.limits_for(scope, key, ip)
+        started = time.perf_counter()
+        key, pairs = self._limits(scope, rule, peer[0] if peer else None, raw)
         if len(pairs) == 1:
             decisions = [await pairs[0][0].ahit(pairs[0][1])]
         else:
             decisions = await ahit_many(pairs)
-        results = [(lim, d) for (lim, _), d in zip(pairs, decisions, strict=True)]
-        ok = all(decisions)
-        if self.metrics is not None:
-            self.metrics.record(_route_name(rule), ok, time.perf_counter() - t0)
-        if not ok:
-            self.denied += 1
-            log_denial(rule, key)
-            if self.on_deny is not None:
-                self.on_deny(scope, key, decisions)
-        else:
-            self.allowed += 1
-        extra = [] if self.headers is None else rate_limit_headers(results, self.headers, denied=not ok)
-        if ok or self.shadow:
-            encoded = [
-                (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra if k != "Retry-After"
-            ]
+        verdict = self._verdict(scope, rule, key, pairs, decisions, started)
+        encoded = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in verdict.headers]
+        if verdict.passes:
 
             async def send_with_headers(message: Message) -> None:
                 if message["type"] == "http.response.start" and encoded:
@@ -230,14 +267,10 @@ class RateLimitMiddleware:
 
             await self.app(scope, receive, send_with_headers)
             return
-        worst = max((d for d in decisions if not d.allowed), key=lambda d: d.retry_after)
-        payload = json.dumps(self.body(worst)).encode("utf-8")
-        if self.headers is None:
-            extra = [("Retry-After", str(retry_after_seconds(worst)))]
         response_headers = [
             (b"content-type", b"application/json"),
-            (b"content-length", str(len(payload)).encode()),
-            *[(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra],
+            (b"content-length", str(len(verdict.body)).encode()),
+            *encoded,
         ]
         await send({"type": "http.response.start", "status": 429, "headers": response_headers})
-        await send({"type": "http.response.body", "body": payload})
+        await send({"type": "http.response.body", "body": verdict.body})

@@ -214,6 +214,7 @@ class Limiter:
         ):
             raise InvalidArgumentError(f"sync_interval must be seconds in [0.001, 60], got {sync_interval!r}")
         self._on_redis_error = on_redis_error
+        self._constant = _Constant(self, allowed=on_redis_error == "allow")  # "allow" / "deny"
         self._on_error = on_error
         self._sync_interval = float(sync_interval)
         self._next_flush = 0.0
@@ -299,7 +300,7 @@ class Limiter:
             self._fallback = self._scaled(n, track=True)
             self._bind(self._fallback)
         else:
-            self._bind(_Constant(self, allowed=self._on_redis_error == "allow"))
+            self._bind(self._constant)
 
     def _on_breaker_close(self) -> None:
         if not self._hybrid:
@@ -314,7 +315,7 @@ class Limiter:
                 fb = self._fallback
             assert fb is not None
             return fb.hit(key, cost) if mode == "h" else fb.peek(key, cost)
-        return _Constant(self, allowed=self._on_redis_error == "allow").hit(key, cost)
+        return self._constant.hit(key, cost)
 
     def _consume_ops(self, items: list[tuple[Key, int]]) -> list[int]:
         """Adds each key's units to Redis whatever the limit says; returns what each key has
@@ -427,7 +428,7 @@ class Limiter:
                 if self._fallback is None:
                     self._on_breaker_open()
                 return self._fallback
-            return _Constant(self, allowed=self._on_redis_error == "allow")
+            return self._constant
         return self._front
 
     def _remember(self, key: Key, cost: int, r: Sequence[int], at: int = 0) -> None:
@@ -886,23 +887,27 @@ def hit_many(requests: Iterable[tuple[Limiter, Key] | tuple[Limiter, Key, int]])
     items, where = _merged(requests)
     if not items:
         return []
-    first = items[0][0]
     if _decides_locally(items):
         out = _memory_many(items)
     else:
-        keys = [lim.redis_key(k) for lim, k, _ in items]
-        args: list[str | int] = ["a", len(items)]
-        for lim, _, c in items:
-            args += [*lim._spec, c]
-        store = first._store
-        assert store is not None
+        store, keys, args = _shared_call(items)
         try:
-            r = store.call(keys, args, len(items))
+            out = _many_decisions(items, store.call(keys, args, len(items)))
         except StorageError as e:
             store.trip(e)
-            return [_memory_many(items)[i] for i in where]
-        out = _many_decisions(items, r)
+            out = _memory_many(items)
     return [out[i] for i in where]
+
+
+def _shared_call(items: list[_Item]) -> tuple[RedisStore, list[str], list[str | int]]:
+    """The store, keys and arguments of one all-or-nothing script call over ``items``."""
+    keys = [lim.redis_key(k) for lim, k, _ in items]
+    args: list[str | int] = ["a", len(items)]
+    for lim, _, c in items:
+        args += [*lim._spec, c]
+    store = items[0][0]._store
+    assert store is not None
+    return store, keys, args
 
 
 def _decides_locally(items: list[_Item]) -> bool:
@@ -914,22 +919,15 @@ async def ahit_many(requests: Iterable[tuple[Limiter, Key] | tuple[Limiter, Key,
     items, where = _merged(requests)
     if not items:
         return []
-    first = items[0][0]
     if _decides_locally(items):
         out = _memory_many(items)
     else:
-        keys = [lim.redis_key(k) for lim, k, _ in items]
-        args: list[str | int] = ["a", len(items)]
-        for lim, _, c in items:
-            args += [*lim._spec, c]
-        store = first._store
-        assert store is not None
+        store, keys, args = _shared_call(items)
         try:
-            r = await store.acall(keys, args, len(items))
+            out = _many_decisions(items, await store.acall(keys, args, len(items)))
         except StorageError as e:
             store.trip(e)
-            return [_memory_many(items)[i] for i in where]
-        out = _many_decisions(items, r)
+            out = _memory_many(items)
     return [out[i] for i in where]
 
 

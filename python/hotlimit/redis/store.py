@@ -321,7 +321,6 @@ class RedisStore:
         #: Live processes per key prefix, from the heartbeats (1 until the first one).
         self.replicas: dict[str, int] = {}
         self.next_heartbeat = 0.0
-        self._heartbeat: Any = None
         self._sync_lanes: dict[int, _SyncLane] = {}
         self._sync_conns: list[Any] = []
         self._async_lanes: dict[int, _AsyncLane] = {}
@@ -454,11 +453,10 @@ class RedisStore:
             command = _packed(batch, time_args)
             try:
                 return once(command)
-            except redis.ConnectionError as e:
-                if isinstance(e, redis.TimeoutError):
-                    raise
+            except redis.ConnectionError:
                 # A connection that went stale while idle (server restart, failover, idle
-                # timeout): one more try on a new connection.
+                # timeout): one more try on a new connection. (A timeout is not a
+                # ConnectionError in redis-py, so a hung server is not waited on twice.)
                 return once(command)
 
         return run
@@ -493,9 +491,7 @@ class RedisStore:
             command = _packed(batch, time_args)
             try:
                 return await once(command)
-            except redis.ConnectionError as e:
-                if isinstance(e, redis.TimeoutError):
-                    raise
+            except redis.ConnectionError:
                 return await once(command)  # a stale connection: see the sync runner
 
         async def once(command: bytes) -> list[Any]:
@@ -603,7 +599,6 @@ class RedisStore:
         if self._own_clients:
             self._sync = None
             self._async = None
-        self._heartbeat = None
         self.next_heartbeat = 0.0
         for limiter in list(self.limiters):
             limiter._after_fork_in_child()
