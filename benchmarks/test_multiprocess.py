@@ -17,7 +17,7 @@ GROUP = "throughput, decisions/s"
 @pytest.mark.parametrize("mode", ["memory", "hybrid", "redis"])
 @pytest.mark.parametrize("keys", ["hot key", "100k keys"])
 def test_workers(
-    benchmark: Any, redis_url: str, request: pytest.FixtureRequest, mode: str, keys: str
+    benchmark: Any, redis_url: str, request: pytest.FixtureRequest, mode: str, keys: str, target: Any
 ) -> None:
     smoke = request.config.getoption("benchmark_disable")
     seconds = 0.2 if smoke else 0.6
@@ -27,14 +27,18 @@ def test_workers(
         rates[workers] = _bench.throughput(redis_url, mode, workers, n_keys, seconds)
         REDIS[(f"{GROUP} ({mode}, {keys})", f"{workers} worker(s)")] = rates[workers]
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)  # measured above
+    assert all(rate > 0 for rate in rates.values()), f"every worker decided: {rates}"
     # Two cores: more workers must never make the whole slower; local modes scale with cores.
-    assert rates[2] >= 0.8 * rates[1], rates
-    if mode != "redis" and not smoke:
-        assert rates[2] >= 1.3 * rates[1], f"{mode} does not scale across processes: {rates}"
+    target(rates[2] >= 0.8 * rates[1], f"{mode}, {keys}: 2 workers >= 0.8x one: {rates}")
+    if mode != "redis":
+        target(rates[2] >= 1.3 * rates[1], f"{mode}, {keys}: 2 workers >= 1.3x one: {rates}")
 
 
-def test_hybrid_accuracy(benchmark: Any, redis_url: str) -> None:
+def test_hybrid_accuracy(benchmark: Any, redis_url: str, target: Any) -> None:
     accuracy = _bench.hybrid_accuracy(redis_url, 2)
     REDIS[("hybrid accuracy (4 processes, one key)", "allowed / limit")] = accuracy
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    assert 0.7 <= accuracy <= 1.05, accuracy
+    # Admitting more than the bound is a wrong decision, whatever the machine's speed: every
+    # worker starts only once it has seen all four replicas. Admitting less is a slow machine.
+    assert accuracy <= 1.05, f"hybrid over-admitted: {accuracy:.3f} of the limit"
+    target(accuracy >= 0.7, f"hybrid accuracy {accuracy:.3f} (>= 0.7)")

@@ -15,7 +15,7 @@ from hotlimit import Limiter, ManualClock, _native
 CHILD = textwrap.dedent(
     """
     import json, time, psutil
-    from hotlimit import Limiter, ManualClock
+    from hotlimit import Limiter, ManualClock, _native
 
     proc = psutil.Process()
     clock = ManualClock()
@@ -37,7 +37,11 @@ CHILD = textwrap.dedent(
     deadline = time.monotonic() + 60
     while len(limiter) and time.monotonic() < deadline:
         time.sleep(0.01)
-    time.sleep(0.3)  # let the pass that emptied the table finish trimming
+    # The pass that emptied the table trims memory before it counts itself done: two more
+    # completed passes (not a guessed sleep) mean it has finished.
+    passes = _native._sweeper_passes()
+    while _native._sweeper_passes() < passes + 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
     print(json.dumps({"base": base, "full": full, "after": proc.memory_info().rss,
                       "keys_full": keys_full, "keys_after": len(limiter)}))
     """

@@ -139,12 +139,12 @@ def cases(n_keys: int = N_KEYS, peers: bool = True, algorithms: tuple[str, ...] 
                 rate = ALLOW_RATE[alg] if path == "allowed" else DENY_RATE
 
                 def make(alg: str = alg, rate: str = rate) -> Callable[[str], object]:
-                    return Limiter(rate, algorithm=alg, max_keys=max(1_000_000, 4 * n_keys)).hit  # type: ignore[arg-type]
+                    return Limiter(rate, algorithm=alg, max_keys=max(1_000_000, 4 * n_keys), redis=False).hit  # type: ignore[arg-type]
 
                 fn = make() if path == "allowed" else _drained(make, keys)
                 out.append(Case(group, f"hotlimit {alg} hit()", fn, keys, "hotlimit", alg))
                 if alg == "token_bucket":
-                    lim = Limiter(rate, max_keys=max(1_000_000, 4 * n_keys))
+                    lim = Limiter(rate, max_keys=max(1_000_000, 4 * n_keys), redis=False)
                     if path == "denied":
                         for k in keys:
                             lim.allow(k)
@@ -201,7 +201,7 @@ _MEM_CHILD = textwrap.dedent(
     proc = psutil.Process()
     if kind == "hotlimit":
         from hotlimit import Limiter
-        lim = Limiter("10/minute", max_keys=n + 1)
+        lim = Limiter("10/minute", max_keys=n + 1, redis=False)
         hit = lim.hit
     elif kind == "limits":
         from limits import RateLimitItemPerMinute, storage, strategies
@@ -443,7 +443,9 @@ def redis_cases(url: str) -> list[tuple[str, str, Callable[[], object]]]:
     ]
     for alg in ALGORITHMS:
         rate = f"{BIG}/hour" if alg != "sliding_log" else "10000/hour"
-        lim = Limiter(rate, algorithm=alg, redis=url, prefix="bench:")  # type: ignore[arg-type]
+        # A generous timeout: a loaded machine must not switch a measured limiter to its
+        # local fallback (the rows are decisions made by Redis).
+        lim = Limiter(rate, algorithm=alg, redis=url, prefix="bench:", redis_timeout=2.0)  # type: ignore[arg-type]
         out.append((f"hotlimit {alg} hit()", alg, functools.partial(lim.hit, HOT_KEY)))
     if have("limits"):
         from limits import RateLimitItemPerHour, storage, strategies
@@ -527,14 +529,16 @@ _WORKER = textwrap.dedent(
     """
     import sys, time
     from hotlimit import Limiter
-    mode, url, n_keys = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    seconds, start = float(sys.argv[4]), float(sys.argv[5])
-    kw = {} if mode == "memory" else {"redis": url, "prefix": "tput:", "hybrid": mode == "hybrid"}
+    mode, url, n_keys, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    kw = {"redis": False} if mode == "memory" else {
+        "redis": url, "prefix": "tput:", "hybrid": mode == "hybrid", "redis_timeout": 2.0}
     lim = Limiter("1000000000/second" if mode != "redis" else "1000000/second", **kw)
     keys = [f"user:{i:09d}" for i in range(n_keys)]
     hit = lim.allow
     for k in keys[:1000]:
         hit(k)
+    print("ready", flush=True)
+    start = float(sys.stdin.readline())
     while time.time() < start:
         time.sleep(0.0005)
     n, i, end = 0, 0, start + seconds
@@ -549,29 +553,62 @@ _WORKER = textwrap.dedent(
 )
 
 
+def _run_workers(
+    argv: list[str], workers: int, start_at: Callable[[], float], last_line: bool = False
+) -> list[str]:
+    """Starts ``workers`` processes and waits until each says ``ready`` (imported, connected,
+    warmed up); then sends all of them one start time, from ``start_at()``, on their stdin, so
+    a slow start on a loaded machine shortens nobody's run. Returns each worker's last word
+    (``last_line``: its last line)."""
+    procs = [
+        subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(workers)
+    ]
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            line = p.stdout.readline().strip()
+            if line != "ready":
+                raise RuntimeError(f"benchmark worker did not start: {line or p.wait(60)!r}")
+        start = f"{start_at()!r}\n"
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write(start)
+            p.stdin.flush()
+        outs = []
+        for p in procs:
+            out, _ = p.communicate(timeout=120)
+            if p.returncode != 0:
+                raise RuntimeError(f"benchmark worker failed with exit code {p.returncode}")
+            outs.append(out.strip().splitlines()[-1] if last_line else out.split()[-1])
+        return outs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
 def throughput(url: str | None, mode: str, workers: int, n_keys: int, seconds: float) -> float:
     """Decisions per second of ``workers`` processes together, each calling as fast as it can."""
-    start = time.time() + 0.4 + 0.1 * workers  # every worker imported and warmed up
-    argv = [sys.executable, "-c", _WORKER, mode, url or "", str(n_keys), str(seconds), str(start)]
-    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(workers)]
-    total = 0
-    for p in procs:
-        out, _ = p.communicate(timeout=120)
-        if p.returncode != 0:
-            raise RuntimeError(f"throughput worker failed ({mode}, {workers} workers)")
-        total += int(out.split()[-1])
-    return total / seconds
+    argv = [sys.executable, "-c", _WORKER, mode, url or "", str(n_keys), str(seconds)]
+    outs = _run_workers(argv, workers, lambda: time.time() + 0.05)
+    return sum(int(n) for n in outs) / seconds
 
 
 _ACCURACY = textwrap.dedent(
     """
     import sys, time
     from hotlimit import Limiter
-    url, prefix, seconds, start = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
-    lim = Limiter("1000/second", algorithm="fixed_window", redis=url, prefix=prefix, hybrid=True)
-    deadline = time.monotonic() + 10
+    url, prefix, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    lim = Limiter("1000/second", algorithm="fixed_window", redis=url, prefix=prefix, hybrid=True,
+                  redis_timeout=2.0)
+    deadline = time.monotonic() + 60
     while lim._store.replicas.get(prefix, 1) < 4 and time.monotonic() < deadline:
         time.sleep(0.01)
+    # A worker that has not seen the other three would take a share that is too large.
+    print("ready" if lim._store.replicas.get(prefix, 1) == 4 else "alone", flush=True)
+    start = float(sys.stdin.readline())
     while time.time() < start:
         time.sleep(0.0005)
     n, end = 0, start + seconds
@@ -585,20 +622,19 @@ _ACCURACY = textwrap.dedent(
 
 def hybrid_accuracy(url: str, seconds: int = 2) -> float:
     """4 hybrid processes on one key, 1,000/second fixed window: allowed / limit."""
-    start = float(int(time.time() + 2.5)) + 1.0
     prefix = f"acc{time.monotonic_ns()}:"
-    argv = [sys.executable, "-c", _ACCURACY, url, prefix, str(seconds), str(start)]
-    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(4)]
-    allowed = sum(int(p.communicate(timeout=120)[0].split()[-1]) for p in procs)
-    return allowed / (1000 * seconds)
+    argv = [sys.executable, "-c", _ACCURACY, url, prefix, str(seconds)]
+    # On a whole second, so the measured seconds are whole windows.
+    outs = _run_workers(argv, 4, lambda: float(int(time.time() + 0.2)) + 1.0)
+    return sum(int(n) for n in outs) / (1000 * seconds)
 
 
 def run_shared(url: str, quick: bool, say: Callable[[str], None]) -> dict[str, Any]:
     """The Redis, hybrid and multi-process part of the report."""
     say("redis: floors, hotlimit and the peers on one server ...")
     redis_results = measure_redis(url, quick)
-    hybrid = Limiter(f"{BIG}/hour", redis=url, prefix="bench-hy:", hybrid=True)
-    local = Limiter(f"{BIG}/hour")
+    hybrid = Limiter(f"{BIG}/hour", redis=url, prefix="bench-hy:", hybrid=True, redis_timeout=2.0)
+    local = Limiter(f"{BIG}/hour", redis=False)
     keys = _keys(1000)
     say("hybrid vs memory ...")
     # Interleaved rounds, medians: the two differ by tens of ns, well inside this VM's noise.
