@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -13,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from hotlimit import InvalidArgumentError, InvalidCostError, Limiter
+from hotlimit import InvalidArgumentError, InvalidCostError, Limiter, Rate
 from hotlimit.asgi import RateLimitMiddleware, Rule
 from hotlimit.headers import rate_limit_headers
 from hotlimit.keys import ClientIP, hash_secret_key
@@ -33,7 +34,8 @@ def test_trusted_chain_is_read_right_to_left() -> None:
     # The client wrote "6.6.6.6" itself; 203.0.113.9 is what the first trusted proxy saw.
     headers = [("x-forwarded-for", "6.6.6.6, 203.0.113.9, 192.0.2.1")]
     assert key("10.0.0.5", headers) == "203.0.113.9"
-    assert key("10.0.0.5", [("forwarded", 'for=6.6.6.6, for="[2001:db8::1]:443"')]) == "2001:db8::/64"
+    rfc = ClientIP(trusted_proxies=["10.0.0.0/8", "192.0.2.1"], header="forwarded")
+    assert rfc("10.0.0.5", [("forwarded", 'for=6.6.6.6, for="[2001:db8::1]:443"')]) == "2001:db8::/64"
     assert key("10.0.0.5", [("x-forwarded-for", "10.1.1.1, 10.2.2.2")]) == "10.1.1.1", "all trusted"
     assert key("10.0.0.5", [("x-forwarded-for", "garbage, 203.0.113.9")]) == "203.0.113.9"
     assert key("10.0.0.5", []) == "10.0.0.5"
@@ -445,3 +447,172 @@ def test_key_helpers_and_a_hybrid_limiter(redis_server: object) -> None:
     assert client.get("/a", headers={"x-api-key": "sk_live_2"}).status_code == 200
     assert user()({"REMOTE_USER": "ann"}, "1.2.3.4") == "user:ann"
     assert user()({"headers": []}, "1.2.3.4") == "ip:1.2.3.4"
+
+
+# -- the web edge holds under adversarial input (issue: no spoofed keys, correct rules) -------
+
+
+def test_only_the_named_forwarding_header_is_read() -> None:
+    key = ClientIP(trusted_proxies=["10.0.0.0/8"])
+    # The proxy appends to X-Forwarded-For only; the client's own Forwarded passes through it.
+    spoof = [("x-forwarded-for", "203.0.113.9"), ("forwarded", "for=6.6.6.6")]
+    assert key("10.0.0.1", spoof) == "203.0.113.9"
+    assert key("10.0.0.1", list(reversed(spoof))) == "203.0.113.9", "header order does not matter"
+    rfc = ClientIP(trusted_proxies=["10.0.0.0/8"], header="Forwarded")
+    assert rfc("10.0.0.1", spoof) == "6.6.6.6", "the operator named Forwarded: only it is read"
+    assert rfc("10.0.0.1", [("x-forwarded-for", "1.1.1.1")]) == "10.0.0.1"
+    # Repeated fields of the named header are one list; elements without for= are hops too.
+    assert rfc("10.0.0.1", [("forwarded", "for=6.6.6.6"), ("forwarded", "proto=https;for=203.0.113.7")]) == (
+        "203.0.113.7"
+    )
+    assert rfc("10.0.0.1", [("forwarded", "for=6.6.6.6, proto=https")]) == "10.0.0.1", "unknown hop: stop"
+    real = ClientIP(trusted_proxies=["10.0.0.0/8"], header="X-Real-IP")
+    assert real("10.0.0.1", [("x-real-ip", "203.0.113.8"), ("x-forwarded-for", "6.6.6.6")]) == "203.0.113.8"
+    for bad in ("x forwarded", "", "a:b"):
+        with pytest.raises(InvalidArgumentError, match="header"):
+            ClientIP(header=bad)
+    with pytest.raises(InvalidArgumentError, match="string"):
+        ClientIP(trusted_proxies="10.0.0.0/8")
+
+
+def _rotating_forwarded(n: int) -> list[list[tuple[str, str]]]:
+    return [[("X-Forwarded-For", "203.0.113.9"), ("Forwarded", f"for=6.6.6.{i}")] for i in range(n)]
+
+
+def test_rotating_forwarded_header_does_not_pick_the_key_asgi() -> None:
+    async def ok(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    lim = Limiter("1/minute")
+    app = RateLimitMiddleware(
+        Starlette(routes=[Route("/login", ok)]),
+        [Rule("/login", lim)],
+        client_ip=ClientIP(trusted_proxies=["127.0.0.1"]),  # the test transport's peer
+    )
+    client = Client(app, [lim])
+    _clients.append(client)
+    codes = [client.get("/login", headers=dict(h)).status_code for h in _rotating_forwarded(5)]
+    assert codes == [200, 429, 429, 429, 429]
+
+
+def test_rotating_forwarded_header_does_not_pick_the_key_wsgi() -> None:
+    import flask
+
+    from hotlimit.wsgi import RateLimitMiddleware as WSGIMiddleware
+
+    app = flask.Flask("t")
+    app.add_url_rule("/login", "login", lambda: "ok")
+    app.wsgi_app = WSGIMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, [Rule("/login", Limiter("1/minute"))], client_ip=ClientIP(trusted_proxies=["127.0.0.1"])
+    )
+    client = app.test_client()
+    codes = [client.get("/login", headers=dict(h)).status_code for h in _rotating_forwarded(5)]
+    assert codes == [200, 429, 429, 429, 429]
+
+
+def test_unix_socket_proxy_can_be_trusted_and_a_missing_peer_is_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    trusted = ClientIP(trusted_proxies=["unix"])
+    assert trusted(None, [("x-forwarded-for", "6.6.6.6, 203.0.113.9")]) == "203.0.113.9"
+    assert trusted(None, [("x-forwarded-for", "203.0.113.10")]) == "203.0.113.10"
+    untrusted = ClientIP()
+    with caplog.at_level("WARNING", logger="hotlimit"):
+        assert untrusted(None, [("x-forwarded-for", "203.0.113.9")]) == "unknown"
+        assert untrusted("", []) == "unknown"
+    warnings = [r for r in caplog.records if "no client address" in r.getMessage()]
+    assert len(warnings) == 1, "said once, not per request"
+    assert "trusted_proxies=['unix']" in warnings[0].getMessage()
+
+    # Through the ASGI middleware: a server on a Unix socket gives no "client" in the scope.
+    lim = Limiter("1/minute")
+    app = RateLimitMiddleware(_plain_app(), [Rule("/*", lim)], client_ip=ClientIP(trusted_proxies=["unix"]))
+    statuses = [
+        _raw_asgi(app, "GET", "/x", None, [(b"x-forwarded-for", f"203.0.113.{i}".encode())])
+        for i in (1, 2, 1)
+    ]
+    assert statuses == [200, 200, 429], "each client behind the Unix-socket proxy has its own key"
+
+
+def _plain_app() -> Starlette:
+    async def ok(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    return Starlette(routes=[Route("/{p:path}", ok, methods=["GET", "POST"])])
+
+
+def _raw_asgi(app: object, method: str, path: str, client: object, headers: list[tuple[bytes, bytes]]) -> int:
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+        "headers": [(b"host", b"test"), *headers], "client": client, "server": None,
+    }  # fmt: skip
+    status: list[int] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.start":
+            status.append(int(message["status"]))  # type: ignore[call-overload]
+
+    asyncio.run(app(scope, receive, send))  # type: ignore[operator]
+    return status[0]
+
+
+def test_a_rule_mixing_backends_is_refused_when_built(redis_server: object) -> None:
+    url = redis_server.url  # type: ignore[attr-defined]
+    local, shared = Limiter("5/minute"), Limiter("5/minute", redis=url, prefix="mix:", redis_timeout=2.0)
+    with pytest.raises(InvalidArgumentError, match="same backend") as e:
+        Rule("/x", [local, shared])
+    assert "5/minute" in str(e.value) and "memory" in str(e.value)
+    rule = Rule("/x", [Limiter("1/second"), local])
+    with pytest.raises(InvalidArgumentError, match="same backend"):
+        rule.set_limits([local, shared])
+    shared.close()
+
+
+def test_head_counts_as_get() -> None:
+    lim = Limiter("1/minute")
+    app = RateLimitMiddleware(_plain_app(), [Rule("/export", lim, methods=["GET"])])
+    peer = ("198.51.100.1", 1234)
+    assert [_raw_asgi(app, "HEAD", "/export", peer, []) for _ in range(3)] == [200, 429, 429]
+    assert _raw_asgi(app, "GET", "/export", peer, []) == 429, "HEAD and GET share one budget"
+    own = RateLimitMiddleware(
+        _plain_app(), [Rule("/export", Limiter("1/minute"), methods=["GET"], head_as_get=False)]
+    )
+    assert [_raw_asgi(own, "HEAD", "/export", peer, []) for _ in range(3)] == [200, 200, 200]
+
+
+def _sf_list(value: str) -> list[tuple[str, dict[str, int]]]:
+    import http_sfv
+
+    parsed = http_sfv.List()
+    parsed.parse(value.encode("ascii"))  # raises on anything outside RFC 9651's syntax
+    return [(item.value, dict(item.params)) for item in parsed]
+
+
+def test_policy_fields_are_valid_structured_fields_that_state_the_real_quota() -> None:
+    a, b = Limiter("5/minute"), Limiter("5/minute")
+    fields = dict(rate_limit_headers([(a, a.hit("k")), (b, b.hit("k"))]))
+    policy, now = _sf_list(fields["RateLimit-Policy"]), _sf_list(fields["RateLimit"])
+    assert len({name for name, _ in policy}) == 2, f"two limits, two names: {fields['RateLimit-Policy']}"
+    assert [name for name, _ in policy] == [name for name, _ in now]
+
+    def quota(lim: Limiter) -> tuple[dict[str, int], dict[str, int]]:
+        d = lim.hit("k")
+        f = dict(rate_limit_headers([(lim, d)]))
+        (_, p), (_, r) = _sf_list(f["RateLimit-Policy"])[0], _sf_list(f["RateLimit"])[0]
+        assert 0 <= r["r"] <= p["q"], (lim.rate, p, r)
+        return p, r
+
+    assert quota(Limiter("3/500ms", algorithm="fixed_window"))[0] == {"q": 6, "w": 1}, "not half the rate"
+    p, r = quota(Limiter("10/second; burst=20"))
+    assert p == {"q": 20, "w": 2} and r["r"] == 19, "a burst above the limit is the quota"
+    assert quota(Limiter("10/second"))[0] == {"q": 10, "w": 1}
+    assert quota(Limiter("1/second; burst=1"))[0] == {"q": 1, "w": 1}
+    assert quota(Limiter("100/day"))[0] == {"q": 100, "w": 86400}
+    assert quota(Limiter("7/1500ms", algorithm="sliding_window"))[0] == {"q": 14, "w": 3}
+    huge = Limiter(Rate(8_640_000_000_000_000, timedelta(days=100)))
+    p, r = quota(huge)  # the parser refuses integers over 15 digits
+    assert p == {"q": 1_000_000_000, "w": 1}, p

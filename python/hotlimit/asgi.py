@@ -22,7 +22,7 @@ from hotlimit._errors import InvalidArgumentError
 from hotlimit._native import Decision
 from hotlimit.headers import Style, rate_limit_headers, retry_after_seconds
 from hotlimit.keys import ClientIP, hash_secret_key
-from hotlimit.limiter import Limiter, ahit_many
+from hotlimit.limiter import Limiter, ahit_many, check_one_backend
 from hotlimit.metrics import Metrics
 
 __all__ = [
@@ -59,8 +59,10 @@ Limit = Limiter | Scoped
 @dataclass
 class Rule:
     """Limits for requests whose path matches ``path`` (a glob like ``/api/*``, or a compiled
-    regex) and whose method is in ``methods`` (all when empty). Several limits are checked
-    together, all-or-nothing. ``key(scope, client_ip)`` picks the client key (default: the IP)."""
+    regex) and whose method is in ``methods`` (all when empty; ``HEAD`` counts as ``GET``
+    unless ``head_as_get=False``). Several limits are checked together, all-or-nothing, so they
+    must share a backend (all in memory, or one Redis store): a rule that mixes them is refused
+    when it is built. ``key(scope, client_ip)`` picks the client key (default: the IP)."""
 
     path: str | re.Pattern[str]
     limits: Limit | Sequence[Limit] = ()
@@ -68,11 +70,18 @@ class Rule:
     key: KeyFunc | None = None
     #: Tiers: ``choose(scope, client_key)`` returns the limit(s) for this request (free / pro).
     choose: Callable[[Scope, str], Limit | Sequence[Limit]] | None = None
+    #: A HEAD request is a GET without the body: a GET rule limits it too.
+    head_as_get: bool = True
     _methods: frozenset[str] = field(init=False, repr=False)
     _limits: tuple[Limit, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._methods = frozenset(m.upper() for m in self.methods)
+        if isinstance(self.methods, str):
+            raise InvalidArgumentError(f"methods must be a list of HTTP methods, got the string {self.methods!r}")
+        methods = {m.upper() for m in self.methods}
+        if self.head_as_get and "GET" in methods:
+            methods.add("HEAD")
+        self._methods = frozenset(methods)
         self._limits = ()
         if self.choose is None or self.limits:
             self.set_limits(self.limits)
@@ -108,6 +117,7 @@ def _as_limits(limits: Limit | Sequence[Limit]) -> tuple[Limit, ...]:
             x if isinstance(x, Limiter) else x.limiter, Limiter
         ):
             raise InvalidArgumentError(f"a rule's limits are Limiter or Scoped objects, got {x!r}")
+    check_one_backend([x if isinstance(x, Limiter) else x.limiter for x in new])
     return new
 
 

@@ -1,9 +1,16 @@
 """Client keys for web requests: who is this request from?
 
-The default is the socket peer's address, which a client cannot forge. ``X-Forwarded-For`` and
-``Forwarded`` are read only when the peer is one of the configured trusted proxies, and then
-right to left: each hop appended by a trusted proxy is skipped, and the first address that is
-not a trusted proxy is the client. Anything a client wrote further left is ignored.
+The default is the socket peer's address, which a client cannot forge. A forwarding header is
+read only when the peer is one of the configured trusted proxies, and only the one header the
+operator names (``X-Forwarded-For`` by default, or ``Forwarded``, or a single-address header
+such as ``X-Real-IP``): a proxy appends to one header, so a client's own copy of any other
+header would pass through it untouched. That header is read right to left: each hop appended by
+a trusted proxy is skipped, and the first address that is not a trusted proxy is the client.
+Anything a client wrote further left is ignored.
+
+A proxy on a Unix socket has no peer address; name it ``"unix"`` in ``trusted_proxies`` to read
+its header. A request with no peer address and no trusted Unix proxy is keyed ``"unknown"``
+(one shared bucket), and hotlimit logs that at WARNING once per :class:`ClientIP`.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import logging
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -21,7 +29,9 @@ from hotlimit._errors import InvalidArgumentError
 __all__ = ["ClientIP", "api_key", "grouped", "hash_secret_key", "user"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-_FOR = re.compile(r'for\s*=\s*"?\[?([^\]";,]+)\]?(?::\d+)?"?', re.IGNORECASE)
+_FOR = re.compile(r'(?:^|;)\s*for\s*=\s*"?\[?([^\]";,]+)\]?(?::\d+)?"?', re.IGNORECASE)
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_log = logging.getLogger("hotlimit")
 
 # One secret per process unless configured: hashes are stable within a process, useless to
 # anyone who reads them in a log.
@@ -55,23 +65,50 @@ class ClientIP:
     '203.0.113.9'
     >>> key("198.51.100.7", [("x-forwarded-for", "1.2.3.4")])  # untrusted peer: header ignored
     '198.51.100.7'
+    >>> key("10.1.2.3", [("forwarded", "for=6.6.6.6")])  # not the header named: ignored
+    '10.1.2.3'
 
-    ``ipv6_prefix`` groups IPv6 clients by network (a /64 is usually one subscriber).
+    ``header``: the one forwarding header the trusted proxies write (``"x-forwarded-for"``,
+    ``"forwarded"``, or any header holding addresses, e.g. ``"x-real-ip"``); every other is
+    ignored. ``trusted_proxies``: CIDRs or addresses, and ``"unix"`` for a proxy on a Unix socket
+    (a request without a peer address). ``ipv6_prefix`` groups IPv6 clients by network (a /64
+    is usually one subscriber).
     """
 
-    def __init__(self, trusted_proxies: Iterable[str] = (), ipv6_prefix: int | None = 64) -> None:
+    def __init__(
+        self,
+        trusted_proxies: Iterable[str] = (),
+        ipv6_prefix: int | None = 64,
+        header: str = "x-forwarded-for",
+    ) -> None:
+        if isinstance(trusted_proxies, str):
+            raise InvalidArgumentError(
+                f"trusted_proxies must be a list of CIDRs, got the string {trusted_proxies!r}"
+            )
         nets: list[IPNetwork] = []
+        unix = False
         for cidr in trusted_proxies:
+            if cidr == "unix":
+                unix = True
+                continue
             try:
                 nets.append(ipaddress.ip_network(cidr, strict=False))
-            except ValueError:
+            except (ValueError, TypeError):
                 raise InvalidArgumentError(
-                    f"trusted proxy must be an IP address or CIDR, got {cidr!r}"
+                    f"trusted proxy must be an IP address, a CIDR or 'unix', got {cidr!r}"
                 ) from None
-        if ipv6_prefix is not None and (isinstance(ipv6_prefix, bool) or not 1 <= ipv6_prefix <= 128):
+        if ipv6_prefix is not None and (
+            isinstance(ipv6_prefix, bool) or not isinstance(ipv6_prefix, int) or not 1 <= ipv6_prefix <= 128
+        ):
             raise InvalidArgumentError(f"ipv6_prefix must be 1..128 or None, got {ipv6_prefix!r}")
+        if not isinstance(header, str) or not _TOKEN.fullmatch(header):
+            raise InvalidArgumentError(f"header must be one HTTP header name, got {header!r}")
         self._trusted = tuple(nets)
+        self._unix = unix
         self._v6 = ipv6_prefix
+        self._header = header.lower()
+        self._rfc7239 = self._header == "forwarded"
+        self._warned = False
 
     def _is_trusted(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         return any(ip in net for net in self._trusted)
@@ -84,30 +121,58 @@ class ClientIP:
                 return str(ipaddress.ip_network(f"{ip}/{self._v6}", strict=False))
         return str(ip)
 
+    def _hops(self, headers: Sequence[tuple[str, str]]) -> list[str]:
+        """The named header's addresses, left to right (repeated fields are one list)."""
+        hops: list[str] = []
+        for name, value in headers:
+            if name.lower() != self._header:
+                continue
+            if self._rfc7239:
+                # One element per hop; an element without for= still is a hop (unknown).
+                hops.extend(_for_of(element) for element in value.split(","))
+            else:
+                hops.extend(value.split(","))
+        return hops
+
+    def _unknown(self) -> str:
+        if not self._warned:
+            self._warned = True
+            _log.warning(
+                "hotlimit: a request came with no client address (no peer address, as behind a "
+                "proxy on a Unix socket, and no %s header from a trusted proxy): every such "
+                "request shares the key 'unknown'. Behind a Unix-socket proxy, pass "
+                "ClientIP(trusted_proxies=['unix'], header=...) naming the header it writes.",
+                self._header,
+            )
+        return "unknown"
+
     def __call__(self, peer: str | None, headers: Sequence[tuple[str, str]]) -> str:
         if peer and not self._trusted and ":" not in peer:
             return peer  # an IPv4 socket peer, written by the server: nothing to parse
         ip = _parse_ip(peer) if peer else None
         if ip is None:
-            return peer or "unknown"
-        if not self._trusted or not self._is_trusted(ip):
+            if peer:
+                return peer  # not an address (a server-specific peer name): its own bucket
+            if not self._unix:
+                return self._unknown()
+        elif not self._trusted or not self._is_trusted(ip):
             return self._key(ip)
-        hops: list[str] = []
-        for name, value in headers:
-            lname = name.lower()
-            if lname == "x-forwarded-for":
-                hops.extend(part for part in value.split(","))
-            elif lname == "forwarded":
-                hops.extend(m.group(1) for m in _FOR.finditer(value))
         client = ip
-        for hop in reversed(hops):
+        for hop in reversed(self._hops(headers)):
             addr = _parse_ip(hop)
             if addr is None:
                 break  # garbage in the chain: stop at the last address we could trust
             client = addr
             if not self._is_trusted(addr):
                 break
+        if client is None:
+            return self._unknown()
         return self._key(client)
+
+
+def _for_of(element: str) -> str:
+    m = _FOR.search(element)
+    return m.group(1) if m else ""
 
 
 # -- key functions for rules: each takes (scope or environ, client_ip) and returns a key --------

@@ -26,7 +26,7 @@ from hotlimit.rate import Rate
 if TYPE_CHECKING:
     from hotlimit.redis.store import RedisStore
 
-__all__ = ["Algorithm", "Key", "Limiter", "ahit_many", "hit_many"]
+__all__ = ["Algorithm", "Key", "Limiter", "ahit_many", "check_one_backend", "hit_many"]
 
 Algorithm = Literal["token_bucket", "sliding_window", "fixed_window", "sliding_log"]
 Key = str | bytes
@@ -823,15 +823,23 @@ def _merged(requests: Iterable[Any]) -> tuple[list[_Item], list[int]]:
             seen[ident] = len(items)
             items.append((limiter, key, cost))
         where.append(seen[ident])
-    if not items:
-        return items, where
-    redis_mode = {lim._store is not None for lim, _, _ in items}
-    stores = {id(lim._store) for lim, _, _ in items}
-    if len(redis_mode) > 1 or len(stores) > 1:
-        raise InvalidArgumentError(
-            "hit_many needs every limiter on the same backend (all in memory, or all on one Redis store)"
-        )
+    check_one_backend([lim for lim, _, _ in items])
     return items, where
+
+
+def check_one_backend(limiters: Sequence[Limiter]) -> None:
+    """Raises InvalidArgumentError unless ``limiters`` can be decided together by
+    :func:`hit_many`: all in memory, or all on one Redis store."""
+    stores = {id(lim._store) for lim in limiters}
+    if len(stores) > 1:
+        described = ", ".join(
+            f"{lim.rate} ({'memory' if lim._store is None else 'store ' + hex(id(lim._store))})"
+            for lim in limiters
+        )
+        raise InvalidArgumentError(
+            "limits checked together (hit_many, or one rule) need every limiter on the same "
+            f"backend: all in memory, or all on one Redis store; got {described}"
+        )
 
 
 def _not_consumed(d: Decision) -> Decision:
