@@ -77,7 +77,9 @@ class Rule:
 
     def __post_init__(self) -> None:
         if isinstance(self.methods, str):
-            raise InvalidArgumentError(f"methods must be a list of HTTP methods, got the string {self.methods!r}")
+            raise InvalidArgumentError(
+                f"methods must be a list of HTTP methods, got the string {self.methods!r}"
+            )
         methods = {m.upper() for m in self.methods}
         if self.head_as_get and "GET" in methods:
             methods.add("HEAD")
