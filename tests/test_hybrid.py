@@ -102,9 +102,10 @@ def test_forked_worker_has_its_own_flusher(redis_server: servers.Server) -> None
 
 
 _WORKER = """
-import sys, threading, time
+import os, sys, time
 from hotlimit import Limiter
-url, prefix, algorithm, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+prefix, algorithm, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+url = os.environ["HOTLIMIT_BENCH_REDIS_URL"]
 lim = Limiter("1000/second", algorithm=algorithm, redis=url, prefix=prefix, hybrid=True, redis_timeout=2.0)
 deadline = time.monotonic() + 60
 while lim._store.replicas.get(prefix, 1) < 4 and time.monotonic() < deadline:
@@ -133,9 +134,10 @@ def test_over_admission_is_bounded(redis_server: servers.Server, algorithm: str)
     their pipes, not a start time guessed in advance): on a loaded machine a worker that
     started late would otherwise run alone, with too large a share."""
     seconds = 4
-    argv = [sys.executable, "-c", _WORKER, redis_server.url, f"hyo-{algorithm}:", algorithm, str(seconds)]
+    argv = [sys.executable, "-c", _WORKER, f"hyo-{algorithm}:", algorithm, str(seconds)]
     # On a second boundary, so windows line up with the counted seconds.
-    outs = _bench._run_workers(argv, 4, lambda: float(int(time.time() + 0.2)) + 1.0, last_line=True)
+    start_at = lambda: float(int(time.time() + 0.2)) + 1.0  # noqa: E731
+    outs = _bench._run_workers(argv, 4, start_at, last_line=True, url=redis_server.url)
     per_second = [0] * seconds
     for out in outs:
         for item in out.replace("none", "").split():

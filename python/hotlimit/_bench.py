@@ -10,6 +10,7 @@ import functools
 import gc
 import importlib.util
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -527,9 +528,10 @@ def measure_redis(url: str, quick: bool) -> list[Result]:
 
 _WORKER = textwrap.dedent(
     """
-    import sys, time
+    import os, sys, time
     from hotlimit import Limiter
-    mode, url, n_keys, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    mode, n_keys, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    url = os.environ.get("HOTLIMIT_BENCH_REDIS_URL", "")
     kw = {"redis": False} if mode == "memory" else {
         "redis": url, "prefix": "tput:", "hybrid": mode == "hybrid", "redis_timeout": 2.0}
     lim = Limiter("1000000000/second" if mode != "redis" else "1000000/second", **kw)
@@ -553,15 +555,25 @@ _WORKER = textwrap.dedent(
 )
 
 
+#: Workers get the server's URL in their environment: on a command line, a password in it would
+#: be readable by every user of the machine (/proc/PID/cmdline).
+URL_VARIABLE = "HOTLIMIT_BENCH_REDIS_URL"
+
+
 def _run_workers(
-    argv: list[str], workers: int, start_at: Callable[[], float], last_line: bool = False
+    argv: list[str],
+    workers: int,
+    start_at: Callable[[], float],
+    last_line: bool = False,
+    url: str | None = None,
 ) -> list[str]:
     """Starts ``workers`` processes and waits until each says ``ready`` (imported, connected,
     warmed up); then sends all of them one start time, from ``start_at()``, on their stdin, so
-    a slow start on a loaded machine shortens nobody's run. Returns each worker's last word
-    (``last_line``: its last line)."""
+    a slow start on a loaded machine shortens nobody's run. ``url`` reaches them as
+    ``URL_VARIABLE``. Returns each worker's last word (``last_line``: its last line)."""
+    env = {**os.environ, URL_VARIABLE: url or ""}
     procs = [
-        subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         for _ in range(workers)
     ]
     try:
@@ -591,16 +603,17 @@ def _run_workers(
 
 def throughput(url: str | None, mode: str, workers: int, n_keys: int, seconds: float) -> float:
     """Decisions per second of ``workers`` processes together, each calling as fast as it can."""
-    argv = [sys.executable, "-c", _WORKER, mode, url or "", str(n_keys), str(seconds)]
-    outs = _run_workers(argv, workers, lambda: time.time() + 0.05)
+    argv = [sys.executable, "-c", _WORKER, mode, str(n_keys), str(seconds)]
+    outs = _run_workers(argv, workers, lambda: time.time() + 0.05, url=url)
     return sum(int(n) for n in outs) / seconds
 
 
 _ACCURACY = textwrap.dedent(
     """
-    import sys, time
+    import os, sys, time
     from hotlimit import Limiter
-    url, prefix, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    prefix, seconds = sys.argv[1], float(sys.argv[2])
+    url = os.environ["HOTLIMIT_BENCH_REDIS_URL"]
     lim = Limiter("1000/second", algorithm="fixed_window", redis=url, prefix=prefix, hybrid=True,
                   redis_timeout=2.0)
     deadline = time.monotonic() + 60
@@ -623,9 +636,9 @@ _ACCURACY = textwrap.dedent(
 def hybrid_accuracy(url: str, seconds: int = 2) -> float:
     """4 hybrid processes on one key, 1,000/second fixed window: allowed / limit."""
     prefix = f"acc{time.monotonic_ns()}:"
-    argv = [sys.executable, "-c", _ACCURACY, url, prefix, str(seconds)]
+    argv = [sys.executable, "-c", _ACCURACY, prefix, str(seconds)]
     # On a whole second, so the measured seconds are whole windows.
-    outs = _run_workers(argv, 4, lambda: float(int(time.time() + 0.2)) + 1.0)
+    outs = _run_workers(argv, 4, lambda: float(int(time.time() + 0.2)) + 1.0, url=url)
     return sum(int(n) for n in outs) / (1000 * seconds)
 
 

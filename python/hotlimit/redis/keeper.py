@@ -52,6 +52,8 @@ redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]))
 return redis.call('ZCARD', KEYS[1])
 """
 
+#: This process's name in ``{prefix}replicas``; a forked child takes a new one (see
+#: ``after_fork_in_child``), so pre-fork workers count as the processes they are.
 MEMBER = uuid.uuid4().hex
 
 
@@ -123,6 +125,8 @@ class _Keeper:
                     store.report(e)
 
     def after_fork_in_child(self) -> None:
+        global MEMBER
+        MEMBER = uuid.uuid4().hex
         self._thread = None
         self._pid = os.getpid()
         self._lock = threading.Lock()

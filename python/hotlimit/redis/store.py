@@ -222,12 +222,16 @@ class _AsyncLane:
         else:
             self._busy = True
             req.lead = True
-        try:
-            batch = self._queue[:MAX_BATCH]
-            del self._queue[:MAX_BATCH]
-            await self._flight(batch)
-        finally:
-            self._pass_lead()
+        batch = self._queue[:MAX_BATCH]
+        del self._queue[:MAX_BATCH]
+        # The flight runs as its own task: a leader cancelled mid-flight (a server or a timeout
+        # wrapper cancelling its request, as they do all the time) must not cancel the call its
+        # batch shares, which would fail the others' requests and open the breaker for a store
+        # that is healthy. The lead passes on when the flight is over, not when its leader
+        # leaves: one connection carries one flight at a time.
+        flight = asyncio.ensure_future(self._flight(batch))
+        flight.add_done_callback(lambda _: self._pass_lead())
+        await asyncio.shield(flight)
         return req.outcome()
 
     def _pass_lead(self) -> None:
@@ -267,11 +271,37 @@ def _is_cluster_url(url: str, timeout: float) -> bool:
 
 
 def _safe_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    if "@" in url:
+    """The URL without its secrets, for messages: the user-info part (``user:pass@``) and
+    every query parameter whose name says password (``?password=``, ``ssl_password=``)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    head, q, query = rest.partition("?")
+    if "@" in head:
+        head = "***@" + head.rsplit("@", 1)[1]
+    if q:
+        query = "&".join(
+            f"{name}=***" if "password" in name.lower() else f"{name}{eq}{value}"
+            for name, eq, value in (part.partition("=") for part in query.split("&"))
+        )
+    return f"{scheme}://{head}{q}{query}"
+
+
+def check_url(url: str) -> None:
+    """Raises InvalidArgumentError, naming the URL with its secrets masked, unless redis-py can
+    make a connection from it: a bad port or ``?db=x`` is a configuration error, to be said at
+    construction, not a store failure to fall back from on every call."""
+    from redis.connection import parse_url
+
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]
         scheme, _, rest = url.partition("://")
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url
+        if scheme != "unix":
+            path = rest.partition("?")[0].partition("/")[2]
+            if path and not path.isdigit():
+                raise ValueError(f"the database must be a number, got {path!r}")
+    except (ValueError, TypeError) as e:
+        raise InvalidArgumentError(f"bad redis URL {_safe_url(url)!r}: {e}") from None
 
 
 class RedisStore:
@@ -300,6 +330,7 @@ class RedisStore:
                     f"redis URL must start with redis://, rediss:// or unix://, got {_safe_url(target)!r}"
                 )
             self._url = target.replace("valkey", "redis", 1) if target.startswith("valkey") else target
+            check_url(self._url)
             self._own_clients = True
         elif isinstance(target, redis.Redis | redis.RedisCluster):
             self._sync = target

@@ -1,0 +1,151 @@
+"""Redis as deployed: pre-fork workers, cancelled async callers, secrets and bad URLs. Each
+test is a defect found by trying to break hotlimit; all run against real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import traceback
+
+import pytest
+import redis
+
+from hotlimit import InvalidArgumentError, Limiter
+from tests import servers
+
+T = 2.0  # exact shared results: a loaded machine must not trip the breaker on a slow reply
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
+def test_forked_workers_are_replicas_of_their_own(redis_server: servers.Server) -> None:
+    """Workers forked after import (gunicorn --preload) each heartbeat under their own name:
+    before, the member id was made once at import and 4 children counted as one replica."""
+    prefix = f"forkrep{os.getpid()}:"
+    parent = Limiter("1000/minute", redis=redis_server.url, prefix=prefix, hybrid=True, redis_timeout=T)
+    parent.hit("k")
+    direct = redis.Redis.from_url(redis_server.url)
+    pids = []
+    for _ in range(4):
+        pid = os.fork()
+        if pid == 0:  # a worker: live until the parent has counted it
+            code = 1
+            try:
+                parent.hit("k")
+                deadline = time.monotonic() + 30
+                while not direct.exists(f"{prefix}counted") and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                code = 0
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    try:
+        deadline = time.monotonic() + 30
+        while direct.zcard(f"{prefix}replicas") < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        members = direct.zcard(f"{prefix}replicas")
+    finally:
+        direct.set(f"{prefix}counted", 1)
+        codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+        parent.close()
+        direct.close()
+    assert members == 5, f"the parent and 4 workers: {members} members"
+    assert codes == [0, 0, 0, 0]
+
+
+# Keeps the server busy for ARGV[1] microseconds: a healthy but slow Redis.
+BUSY = """
+local t = redis.call('TIME')
+local start = t[1] * 1000000 + t[2]
+repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start > tonumber(ARGV[1])
+return 1
+"""
+
+
+def test_a_cancelled_async_caller_is_not_a_store_failure(redis_server: servers.Server) -> None:
+    """Callers cancelled while their batch is in flight (servers and timeout wrappers cancel
+    tasks all the time), on a healthy Redis that is 15 ms slow: before, the cancelled leader's
+    batch-mates failed with StorageError('redis call failed: CancelledError') and the breaker
+    opened, in every round."""
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def slow_server() -> None:
+        client = redis.Redis.from_url(redis_server.url)
+        for _ in range(2000):  # bounded: about 30 s at most
+            if stop.is_set():
+                break
+            client.eval(BUSY, 0, 15_000)
+        client.close()
+
+    async def main() -> None:
+        lim = Limiter(
+            "100000/minute", redis=redis_server.url, prefix="cancel:", deny_cache=False,
+            redis_timeout=5.0, on_error=errors.append,
+        )  # fmt: skip
+        assert (await lim.ahit("warm")).allowed
+        cancelled = 0
+        for round_ in range(8):
+            tasks = [asyncio.ensure_future(lim.ahit(f"r{round_}-{i}")) for i in range(12)]
+            # Task 0 flies alone; the other 11 queue behind it and fly as one batch led by
+            # task 1, which is cancelled in flight, with one of its batch-mates.
+            await tasks[0]
+            for _ in range(3):
+                await asyncio.sleep(0)
+            for t in (tasks[1], tasks[5]):
+                cancelled += t.cancel()
+            for t, result in zip(tasks, await asyncio.gather(*tasks, return_exceptions=True), strict=True):
+                if not t.cancelled():
+                    assert not isinstance(result, BaseException), result
+                    assert result.allowed and result.remaining == 99_999, result
+            assert not lim.degraded, f"round {round_}: the breaker opened"
+        assert cancelled, "some callers were cancelled in flight or in the queue"
+        await lim.aclose()
+
+    worker = threading.Thread(target=slow_server)
+    worker.start()
+    try:
+        asyncio.run(main())
+    finally:
+        stop.set()
+        worker.join(60)
+    assert not errors, errors[:3]
+
+
+def test_a_password_in_the_query_string_is_masked_everywhere() -> None:
+    port = servers.free_port()  # nothing listens: every call fails
+    url = f"redis://127.0.0.1:{port}/0?username=alice&password=hunter2secret"
+    errors: list[BaseException] = []
+    limiter = Limiter("10/minute", redis=url, on_error=errors.append)
+    assert limiter.hit("k").allowed, "decided by the local fallback"
+    assert errors and limiter.degraded
+    store = limiter._store
+    assert store is not None
+    shown = [str(errors[0]), repr(errors[0]), str(store.breaker.last_error)]
+    shown += traceback.format_exception(errors[0])
+    assert all("hunter2secret" not in text for text in shown), shown
+    assert "password=***" in str(errors[0]) and str(port) in str(errors[0])
+    with pytest.raises(InvalidArgumentError) as e:
+        Limiter("1/s", redis=f"redis://127.0.0.1:{port}/0?password=hunter2secret&db=x")
+    assert "hunter2secret" not in str(e.value) and "password=***" in str(e.value)
+    limiter.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0?db=x",
+        "redis://127.0.0.1:70a1/0",
+        "redis://127.0.0.1:99999/0",
+        "redis://127.0.0.1:6379/zero",
+        "redis://127.0.0.1:6379/0?socket_timeout=soon",
+        "unix:///tmp/hotlimit-none.sock?db=q",
+    ],
+)
+def test_a_malformed_url_is_refused_at_construction(url: str) -> None:
+    """Before, it passed the constructor; the first hit() raised a raw ValueError and then
+    decisions fell back silently forever."""
+    with pytest.raises(InvalidArgumentError, match="bad redis URL") as e:
+        Limiter("1/s", redis=url)
+    assert isinstance(e.value, ValueError), "hotlimit's errors are also ValueErrors"
