@@ -4,6 +4,7 @@ on memory and Redis limiters."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -15,9 +16,10 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from hotlimit import InvalidArgumentError, InvalidCostError, Limiter, Rate
-from hotlimit.asgi import RateLimitMiddleware, Rule
+from hotlimit.asgi import RateLimitMiddleware, Rule, Scoped
 from hotlimit.headers import rate_limit_headers
 from hotlimit.keys import ClientIP, hash_secret_key
+from tests import servers
 
 # -- client keys ------------------------------------------------------------------------------
 
@@ -563,11 +565,11 @@ def _raw_asgi(app: object, method: str, path: str, client: object, headers: list
 def test_a_rule_mixing_backends_is_refused_when_built(redis_server: object) -> None:
     url = redis_server.url  # type: ignore[attr-defined]
     local, shared = Limiter("5/minute"), Limiter("5/minute", redis=url, prefix="mix:", redis_timeout=2.0)
-    with pytest.raises(InvalidArgumentError, match="same backend") as e:
+    with pytest.raises(InvalidArgumentError, match="one place") as e:
         Rule("/x", [local, shared])
     assert "5/minute" in str(e.value) and "memory" in str(e.value)
     rule = Rule("/x", [Limiter("1/second"), local])
-    with pytest.raises(InvalidArgumentError, match="same backend"):
+    with pytest.raises(InvalidArgumentError, match="one place"):
         rule.set_limits([local, shared])
     shared.close()
 
@@ -616,3 +618,99 @@ def test_policy_fields_are_valid_structured_fields_that_state_the_real_quota() -
     huge = Limiter(Rate(8_640_000_000_000_000, timedelta(days=100)))
     p, r = quota(huge)  # the parser refuses integers over 15 digits
     assert p == {"q": 1_000_000_000, "w": 1}, p
+
+
+def test_ipv4_mapped_proxies_are_trusted_as_their_ipv4_address() -> None:
+    """A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d; a trusted proxy seen that way
+    must still be trusted, or every client behind it shares one key."""
+    key = ClientIP(trusted_proxies=["10.0.0.0/8"])
+    assert key("::ffff:10.0.0.1", [("x-forwarded-for", "203.0.113.9")]) == "203.0.113.9"
+    assert key("10.0.0.1", [("x-forwarded-for", "203.0.113.9, ::ffff:10.0.0.2")]) == "203.0.113.9"
+    assert key("::ffff:198.51.100.7", [("x-forwarded-for", "203.0.113.9")]) == "198.51.100.7"
+    assert ClientIP(ipv6_prefix=None)("fe80::1%eth0", []) == ClientIP(ipv6_prefix=None)("fe80::1%eth1", [])
+
+
+def test_forwarded_quoted_strings_cannot_inject_hops() -> None:
+    """RFC 7239 values may be quoted strings holding ',' and ';': a proxy that copies the
+    client's Host into host="..." must not let the client write a last hop."""
+    key = ClientIP(trusted_proxies=["10.0.0.0/8"], header="forwarded")
+    assert key("10.0.0.1", [("forwarded", 'for=203.0.113.9;host="a,for=6.6.6.1"')]) == "203.0.113.9"
+    assert key("10.0.0.1", [("forwarded", 'host="a;for=6.6.6.2";for=203.0.113.9;proto=https')]) == (
+        "203.0.113.9"
+    )
+    assert key("10.0.0.1", [("forwarded", 'for=203.0.113.9;host="a\\",for=6.6.6.3"')]) == "203.0.113.9"
+    assert key("10.0.0.1", [("forwarded", 'for="[2001:db8::7]:8080";proto=https, for=10.0.0.9')]) == (
+        "2001:db8::/64"
+    )
+
+
+def test_outage_policy_holds_for_rules_with_several_limits() -> None:
+    """With Redis down, a rule with two limits answered from a full-rate in-process table that
+    ignored on_redis_error: "deny" admitted, "allow" denied."""
+    from hotlimit import hit_many
+
+    port = servers.free_port()  # nothing listens
+    for policy, expected in (("deny", False), ("allow", True)):
+        url = f"redis://127.0.0.1:{port}/0"
+        a = Limiter("1/minute", redis=url, prefix="out:", name="a", on_redis_error=policy)  # type: ignore[arg-type]
+        b = Limiter("1/minute", redis=url, prefix="out:", name="b", on_redis_error=policy)  # type: ignore[arg-type]
+        results = [all(hit_many([(a, "k"), (b, "k")])) for _ in range(3)]
+        assert results == [expected] * 3, (policy, results)
+        a.close()
+        b.close()
+
+
+def test_hybrid_and_exact_limits_cannot_share_a_rule(redis_server: object) -> None:
+    from hotlimit import hit_many
+
+    url = redis_server.url  # type: ignore[attr-defined]
+    exact = Limiter("2/minute", redis=url, prefix="hm:", redis_timeout=2.0)
+    hybrid = Limiter("100/minute", redis=url, prefix="hm:", hybrid=True, redis_timeout=2.0)
+    with pytest.raises(InvalidArgumentError, match="one place"):
+        Rule("/x", [exact, hybrid])
+    with pytest.raises(InvalidArgumentError, match="hybrid"):
+        hit_many([(exact, "k"), (hybrid, "k")])
+    exact.close()
+    hybrid.close()
+
+
+def test_a_denied_hit_many_reports_what_is_really_left() -> None:
+    from hotlimit import hit_many
+
+    five, one = Limiter("5/second"), Limiter("1/minute")
+    assert all(hit_many([(five, "k"), (one, "k")]))
+    denied = hit_many([(five, "k"), (one, "k")])
+    assert not any(denied)
+    assert denied[0].remaining == 4 and denied[0].retry_after == 0, "nothing taken: 4 left, not 3"
+    assert five.peek("k").remaining == 3, "and indeed nothing was taken"
+
+
+def test_rule_and_middleware_options_are_checked_when_built() -> None:
+    lim = Limiter("1/minute")
+    for methods in ([b"GET"], [" get "], b"GET", "GET", [None]):
+        with pytest.raises(InvalidArgumentError, match="method"):
+            Rule("/x", lim, methods=methods)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="path"):
+        Rule(re.compile(b"/x"), lim)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="twice"):
+        Rule("/x", [lim, Scoped(lim, lambda scope, ip: ip)])
+    with pytest.raises(InvalidArgumentError, match="twice"):
+        Rule("/x", [lim, lim])
+    for style in ("IETF", "bogus", True):
+        with pytest.raises(InvalidArgumentError, match="headers"):
+            RateLimitMiddleware(_plain_app(), [Rule("/x", lim)], headers=style)  # type: ignore[arg-type]
+    assert Rule("/x", lim, methods=["get"]).matches("/x", "HEAD"), "lowercase names are methods too"
+
+
+def test_policy_names_stay_distinct_and_ascii(redis_server: object) -> None:
+    url = redis_server.url  # type: ignore[attr-defined]
+    lims = [
+        Limiter(r, redis=url, prefix="nm:", name=n, redis_timeout=2.0)
+        for r, n in (("10/second", "api-2"), ("5/second", "api"), ("1/second", "api"), ("2/second", "t:10"))
+    ] + [Limiter("3/second", redis=url, prefix="nm:", name="t/10", redis_timeout=2.0)]
+    fields = dict(rate_limit_headers([(lim, lim.peek("k")) for lim in lims]))
+    names = [name for name, _ in _sf_list(fields["RateLimit-Policy"])]
+    assert len(set(names)) == 5, names
+    assert names == [name for name, _ in _sf_list(fields["RateLimit"])]
+    for lim in lims:
+        lim.close()

@@ -76,9 +76,17 @@ class Rule:
     _limits: tuple[Limit, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.methods, str):
+        if isinstance(self.methods, str | bytes):
+            raise InvalidArgumentError(f"methods must be a list of HTTP methods, got {self.methods!r}")
+        for m in self.methods:
+            if not isinstance(m, str) or not _METHOD.fullmatch(m):
+                raise InvalidArgumentError(f"an HTTP method is a token like 'GET', got {m!r}")
+        if isinstance(self.path, re.Pattern):
+            if not isinstance(self.path.pattern, str):
+                raise InvalidArgumentError(f"a rule's path regex must be a str pattern, got {self.path!r}")
+        elif not isinstance(self.path, str):
             raise InvalidArgumentError(
-                f"methods must be a list of HTTP methods, got the string {self.methods!r}"
+                f"a rule's path is a glob string or a compiled regex, got {self.path!r}"
             )
         methods = {m.upper() for m in self.methods}
         if self.head_as_get and "GET" in methods:
@@ -119,8 +127,20 @@ def _as_limits(limits: Limit | Sequence[Limit]) -> tuple[Limit, ...]:
             x if isinstance(x, Limiter) else x.limiter, Limiter
         ):
             raise InvalidArgumentError(f"a rule's limits are Limiter or Scoped objects, got {x!r}")
-    check_one_backend([x if isinstance(x, Limiter) else x.limiter for x in new])
+    limiters = [x if isinstance(x, Limiter) else x.limiter for x in new]
+    check_one_backend(limiters)
+    if len({id(lim) for lim in limiters}) != len(limiters):
+        # Under one key the two costs would add up; under two (Scoped) the keys of different
+        # kinds would share one namespace, where a user "acme" and a tenant "acme" collide.
+        raise InvalidArgumentError(
+            "a rule lists the same Limiter twice: give each limit its own Limiter (with its own "
+            "name=, if they share a rate and a Redis store)"
+        )
     return new
+
+
+_METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_STYLES = ("ietf", "draft", "x", None)
 
 
 _log = logging.getLogger("hotlimit")
@@ -185,6 +205,8 @@ class Gate:
         body: Callable[[Decision], dict[str, Any]] = default_body,
         metrics: Metrics | None = None,
     ) -> None:
+        if headers not in _STYLES:
+            raise InvalidArgumentError(f"headers must be 'ietf', 'draft', 'x' or None, got {headers!r}")
         self.app = app
         self.rules = list(rules)
         self.client_ip = client_ip or ClientIP()

@@ -60,7 +60,8 @@ def _policy(limiter: Limiter) -> tuple[str, int, int]:
         raw = getattr(limiter, "name", None) or (
             f"{limiter.algorithm}-{limiter.rate.limit}-per-{limiter.rate.period_ns // 10**6}ms"
         )
-        name = "".join(c if c.isalnum() or c in "-_." else "-" for c in raw)
+        # An sf-string holds printable ASCII; keep names to a plain, readable subset of it.
+        name = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "-" for c in raw)
         cached = _POLICIES[limiter] = (name, *policy_quota(limiter))
     return cached
 
@@ -80,14 +81,16 @@ def rate_limit_headers(
     if style == "ietf":
         policies = []
         values = []
-        seen: dict[str, int] = {}
+        used: set[str] = set()
         for lim, d in results:
-            name, q, w = _policy(lim)
+            base, q, w = _policy(lim)
             # Two limits of one response with the same name (the same rate, counted under
-            # other keys) are told apart by their position.
-            seen[name] = n = seen.get(name, 0) + 1
-            if n > 1:
-                name = f"{name}-{n}"
+            # other keys) are told apart by a suffix no other name of the response has.
+            name, n = base, 1
+            while name in used:
+                n += 1
+                name = f"{base}-{n}"
+            used.add(name)
             policies.append(f'"{name}";q={q};w={w}')
             values.append(f'"{name}";r={min(d.remaining, q)};t={min(math.ceil(d.reset_after), SF_INT_MAX)}')
         out.append(("RateLimit-Policy", ", ".join(policies)))

@@ -29,7 +29,6 @@ from hotlimit._errors import InvalidArgumentError
 __all__ = ["ClientIP", "api_key", "grouped", "hash_secret_key", "user"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-_FOR = re.compile(r'(?:^|;)\s*for\s*=\s*"?\[?([^\]";,]+)\]?(?::\d+)?"?', re.IGNORECASE)
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _log = logging.getLogger("hotlimit")
 
@@ -46,15 +45,53 @@ def hash_secret_key(raw: str | bytes, secret: bytes | None = None) -> str:
 
 
 def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address as a peer or a hop gives it: with or without a port, brackets or quotes; an
+    IPv4-mapped IPv6 address (a dual-stack socket's IPv4 peer) is the IPv4 address it maps, so
+    trust and keys see one form; a zone id (``%eth0``) names an interface, not a client."""
     text = text.strip().strip('"')
     if text.startswith("[") and "]" in text:
         text = text[1 : text.index("]")]
     elif text.count(":") == 1:  # v4 with a port
         text = text.split(":", 1)[0]
+    text = text.partition("%")[0]
     try:
-        return ipaddress.ip_address(text)
+        ip = ipaddress.ip_address(text)
     except ValueError:
         return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _rfc7239_split(value: str, sep: str) -> list[str]:
+    """Splits a Forwarded value on ``sep`` outside quoted strings (RFC 7239 section 4: a
+    quoted ``host="a,for=6.6.6.6"`` is one parameter value, not a hop)."""
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
+    for c in value:
+        if escaped:
+            escaped = False
+        elif quoted and c == "\\":
+            escaped = True
+        elif c == '"':
+            quoted = not quoted
+        elif c == sep and not quoted:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(c)
+    parts.append("".join(current))
+    return parts
+
+
+def _for_of(element: str) -> str:
+    """The ``for=`` value of one Forwarded element ("" if it has none)."""
+    for pair in _rfc7239_split(element, ";"):
+        name, eq, value = pair.partition("=")
+        if eq and name.strip().lower() == "for":
+            return value.strip()
+    return ""
 
 
 class ClientIP:
@@ -114,11 +151,8 @@ class ClientIP:
         return any(ip in net for net in self._trusted)
 
     def _key(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
-        if isinstance(ip, ipaddress.IPv6Address):
-            if ip.ipv4_mapped is not None:
-                return str(ip.ipv4_mapped)
-            if self._v6 is not None and self._v6 < 128:
-                return str(ipaddress.ip_network(f"{ip}/{self._v6}", strict=False))
+        if isinstance(ip, ipaddress.IPv6Address) and self._v6 is not None and self._v6 < 128:
+            return str(ipaddress.ip_network(f"{ip}/{self._v6}", strict=False))
         return str(ip)
 
     def _hops(self, headers: Sequence[tuple[str, str]]) -> list[str]:
@@ -129,7 +163,7 @@ class ClientIP:
                 continue
             if self._rfc7239:
                 # One element per hop; an element without for= still is a hop (unknown).
-                hops.extend(_for_of(element) for element in value.split(","))
+                hops.extend(_for_of(element) for element in _rfc7239_split(value, ","))
             else:
                 hops.extend(value.split(","))
         return hops
@@ -168,11 +202,6 @@ class ClientIP:
         if client is None:
             return self._unknown()
         return self._key(client)
-
-
-def _for_of(element: str) -> str:
-    m = _FOR.search(element)
-    return m.group(1) if m else ""
 
 
 # -- key functions for rules: each takes (scope or environ, client_ip) and returns a key --------

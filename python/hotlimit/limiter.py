@@ -789,6 +789,9 @@ class _Constant:
     def allow(self, key: Key, cost: object = 1) -> bool:
         return self.hit(key, cost).allowed
 
+    def refund(self, key: Key, cost: int) -> None:
+        """Nothing was consumed (hit_many rolls back through this)."""
+
 
 def _pair(r: tuple[Key, int] | Key) -> tuple[Key, int]:
     if isinstance(r, str | bytes):
@@ -828,41 +831,57 @@ def _merged(requests: Iterable[Any]) -> tuple[list[_Item], list[int]]:
 
 
 def check_one_backend(limiters: Sequence[Limiter]) -> None:
-    """Raises InvalidArgumentError unless ``limiters`` can be decided together by
-    :func:`hit_many`: all in memory, or all on one Redis store."""
-    stores = {id(lim._store) for lim in limiters}
-    if len(stores) > 1:
-        described = ", ".join(
-            f"{lim.rate} ({'memory' if lim._store is None else 'store ' + hex(id(lim._store))})"
-            for lim in limiters
-        )
+    """Raises InvalidArgumentError unless ``limiters`` can be decided together, atomically, by
+    :func:`hit_many`: all in memory, all exact on one Redis store, or all hybrid on one store.
+    (A hybrid limiter decides in process and an exact one on the server: no one call is
+    atomic over both, and deciding both locally would skip the exact one's shared state.)"""
+    places = {(id(lim._store), lim._hybrid) for lim in limiters}
+    if len(places) > 1:
+
+        def where(lim: Limiter) -> str:
+            if lim._store is None:
+                return "memory"
+            return f"{'hybrid' if lim._hybrid else 'redis'} store {hex(id(lim._store))}"
+
+        described = ", ".join(f"{lim.rate} ({where(lim)})" for lim in limiters)
         raise InvalidArgumentError(
-            "limits checked together (hit_many, or one rule) need every limiter on the same "
-            f"backend: all in memory, or all on one Redis store; got {described}"
+            "limits checked together (hit_many, or one rule) need every limiter decided in one "
+            "place: all in memory, all on one Redis store, or all hybrid on one store; "
+            f"got {described}"
         )
 
 
-def _not_consumed(d: Decision) -> Decision:
+def _not_consumed(d: Decision, cost: int) -> Decision:
     """A part of a failed hit_many: never allowed (nothing was consumed); ``retry_after`` 0
-    means this part alone would have fit."""
+    means this part alone would have fit. ``d`` said what its hit would have left; nothing
+    was taken, so ``remaining`` is that plus the cost (what can still be consumed now)."""
     if not d.allowed:
         return d
     return Decision(
-        allowed=False, limit=d.limit, remaining=d.remaining, reset_after=d.reset_after, retry_after=0.0
+        allowed=False,
+        limit=d.limit,
+        remaining=d.remaining + cost,
+        reset_after=d.reset_after,
+        retry_after=0.0,
     )
 
 
 _memory_many_lock = threading.Lock()
 
 
-def _local_native(limiter: Limiter) -> _native.NativeLimiter:
-    """The native limiter deciding for ``limiter`` in process (memory, hybrid or outage)."""
+def _local_native(limiter: Limiter) -> Any:
+    """What decides for ``limiter`` in process (memory, hybrid, or the outage policy: the
+    fallback limiter or the constant allow / deny answer); it has hit, peek and refund."""
     if limiter._store is None:
         return limiter._native
     current = limiter._current()
-    if isinstance(current, _native.NativeLimiter):
+    if isinstance(current, _native.NativeLimiter | _Constant):
         return current
-    return limiter._native
+    # The breaker closed between the caller's check and here: the outage answer still holds
+    # for this call.
+    if limiter._fallback is not None:
+        return limiter._fallback
+    return limiter._native if limiter._on_redis_error == "fallback" else limiter._constant
 
 
 def _memory_many(items: list[_Item]) -> list[Decision]:
@@ -872,14 +891,17 @@ def _memory_many(items: list[_Item]) -> list[Decision]:
     with _memory_many_lock:
         peeks = [_local_native(lim).peek(k, c) for lim, k, c in items]
         if not all(peeks):
-            return [_not_consumed(d) for d in peeks]
+            return [_not_consumed(d, c) for d, (_, _, c) in zip(peeks, items, strict=True)]
         done: list[Decision] = []
         for lim, k, c in items:
             d = _local_native(lim).hit(k, c)
             if not d.allowed:
                 for (l2, k2, c2), _ in zip(items, done, strict=False):
                     _local_native(l2).refund(k2, c2)
-                return [d if i == len(done) else _not_consumed(p) for i, p in enumerate(peeks)]
+                return [
+                    d if i == len(done) else _not_consumed(p, c)
+                    for i, (p, (_, _, c)) in enumerate(zip(peeks, items, strict=True))
+                ]
             done.append(d)
         return done
 
@@ -944,5 +966,5 @@ def _many_decisions(items: list[_Item], r: Sequence[int]) -> list[Decision]:
     out = []
     for i, (lim, _, _) in enumerate(items):
         d = lim._decision(r, 4 * i)
-        out.append(d if ok else _not_consumed(d))
+        out.append(d if ok else _not_consumed(d, items[i][2]))
     return out

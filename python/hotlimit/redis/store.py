@@ -15,6 +15,7 @@ are used through their own routing (MOVED / ASK handled by redis-py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import weakref
 from _thread import allocate_lock as _lock
@@ -257,6 +258,33 @@ class _AsyncLane:
                     r.future.set_result(None)
 
 
+def _async_connections(client: Any) -> list[Any]:
+    """Every connection an asyncio client (standalone or cluster) holds."""
+    if isinstance(client, redis.asyncio.RedisCluster):
+        nodes = list(getattr(client.nodes_manager, "nodes_cache", {}).values())
+        return [conn for node in nodes for conn in getattr(node, "_connections", ())]
+    pool = client.connection_pool
+    return [*getattr(pool, "_available_connections", ()), *getattr(pool, "_in_use_connections", ())]
+
+
+def _abandon(conn: Any) -> None:
+    """Closes the socket of a redis.asyncio connection whose event loop has ended."""
+    writer = getattr(conn, "_writer", None)
+    if writer is None:
+        return
+    transport = writer.transport
+    sock = getattr(transport, "_sock", None)
+    # abort() marks the transport closing (so the StreamWriter does not warn), then fails to
+    # schedule its callback on the closed loop; the socket itself is closed here instead.
+    with contextlib.suppress(RuntimeError):
+        transport.abort()
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()
+        transport._sock = None  # closed: the transport's own finaliser has nothing left to do
+    conn._writer = conn._reader = None
+
+
 def _is_cluster_url(url: str, timeout: float) -> bool:
     probe = redis.Redis.from_url(
         url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
@@ -392,9 +420,7 @@ class RedisStore:
         loop = asyncio.get_running_loop()
         if self._async is not None and self._async_loop not in (None, loop) and self._own_clients:
             # A client made for another event loop cannot be used here: start over.
-            self._async = None
-            self._async_lanes = {}
-            self._async_conns = []
+            self._drop_async_client()
         if self._async is None:
             if self._url is None:
                 raise InvalidArgumentError(
@@ -667,6 +693,28 @@ class RedisStore:
         if self._own_clients and self._sync is not None:
             self._sync.close()
             self._sync = None
+        if self._own_clients and self._async is not None:
+            self._drop_async_client()
+
+    def _drop_async_client(self) -> None:
+        """Lets go of the asyncio client from outside its event loop: a sync ``close()``, or
+        an async call from another loop. Its connections belong to that loop. If the loop has
+        ended (``asyncio.run()`` returned without ``aclose()``), they can no longer be closed
+        through it, and left to the garbage collector each warns ("loop is closed",
+        "unclosed Connection") inside whatever code runs then: their sockets are closed here.
+        If the loop still runs in another thread, the client closes there."""
+        client, loop = self._async, self._async_loop
+        self._async = None
+        self._async_lanes = {}
+        self._async_conns = []
+        if client is None:
+            return
+        if loop is not None and not loop.is_closed() and loop.is_running():
+            with contextlib.suppress(RuntimeError):
+                asyncio.run_coroutine_threadsafe(client.aclose(), loop)
+            return
+        for conn in _async_connections(client):
+            _abandon(conn)
 
     async def aclose(self) -> None:
         conns, self._async_conns = self._async_conns, []
