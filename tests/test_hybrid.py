@@ -34,29 +34,29 @@ def _script_calls(url: str) -> int:
 
 def test_decides_locally_and_syncs_in_batches(redis_server: servers.Server) -> None:
     url = redis_server.url
-    limiter = Limiter("1000/hour", redis=url, prefix="hy1:", hybrid=True, sync_interval=0.02, redis_timeout=T)
+    # A sync interval no run reaches: what reaches Redis is the flush at close, in one batch.
+    limiter = Limiter("1000/day", redis=url, prefix="hy1:", hybrid=True, sync_interval=60, redis_timeout=T)
     assert limiter.mode == "hybrid"
     before = _script_calls(url)
     for i in range(300):
         assert limiter.hit(f"k{i % 3}").allowed
     during = _script_calls(url) - before
-    assert during < 100, f"{during} script calls for 300 decisions: not local"
+    assert during < 10, f"{during} script calls for 300 decisions: not local"
     limiter.close()  # flushes
+    assert _script_calls(url) - before - during <= 2, "the three keys' units went in one batch"
     for i in range(3):
-        assert _peek_global(url, "hy1:", "1000/hour", f"k{i}") == 900, "every unit reached Redis"
+        assert _peek_global(url, "hy1:", "1000/day", f"k{i}") == 900, "every unit reached Redis"
 
 
 def test_folds_other_replicas_consumption(redis_server: servers.Server) -> None:
     url = redis_server.url
-    other = Limiter("100/hour", redis=url, prefix="hy2:", deny_cache=False, redis_timeout=T)
-    limiter = Limiter("100/hour", redis=url, prefix="hy2:", hybrid=True, sync_interval=0.01, redis_timeout=T)
-    assert limiter.hit("k").allowed  # the key is now synced each interval
+    other = Limiter("100/day", redis=url, prefix="hy2:", deny_cache=False, redis_timeout=T)
+    limiter = Limiter("100/day", redis=url, prefix="hy2:", hybrid=True, sync_interval=60, redis_timeout=T)
+    assert limiter.hit("k").allowed
     assert other.hit("k", 95).allowed  # another replica takes almost everything
-    deadline = time.monotonic() + 5
-    while limiter.peek("k").remaining > 4 and time.monotonic() < deadline:
-        limiter.hit("k")  # keeps the key in the next flush, which folds the global state in
-        time.sleep(0.005)
-    assert limiter.peek("k").remaining <= 4, "the local state converged on the global one"
+    assert limiter.peek("k").remaining >= 90, "locally, nothing is known of it yet"
+    limiter._flush()  # sends this replica's unit, folds the global state in
+    assert limiter.peek("k").remaining <= 3, "the local state converged on the global one"
     limiter.close()
     other.close()
 
@@ -80,7 +80,7 @@ def test_env_switches_hybrid_on(redis_server: servers.Server, monkeypatch: pytes
 
 def test_forked_worker_has_its_own_flusher(redis_server: servers.Server) -> None:
     url = redis_server.url
-    limiter = Limiter("1000/hour", redis=url, prefix="hyfork:", hybrid=True, redis_timeout=T)
+    limiter = Limiter("1000/day", redis=url, prefix="hyfork:", hybrid=True, redis_timeout=T)
     assert limiter.hit("k", 10).allowed
     limiter._flush()
     pid = os.fork()
@@ -98,7 +98,7 @@ def test_forked_worker_has_its_own_flusher(redis_server: servers.Server) -> None
     for _ in range(5):
         limiter.hit("k")
     limiter.close()
-    assert _peek_global(url, "hyfork:", "1000/hour", "k") == 1000 - 10 - 7 - 5, "nothing lost or doubled"
+    assert _peek_global(url, "hyfork:", "1000/day", "k") == 1000 - 10 - 7 - 5, "nothing lost or doubled"
 
 
 _WORKER = """
@@ -147,7 +147,9 @@ def test_over_admission_is_bounded(redis_server: servers.Server, algorithm: str)
     bound = 1000 * seconds + (1000 if algorithm == "token_bucket" else 0)  # + the initial burst
     print(f"\n{algorithm}: per second {per_second}, total {total} of {bound}")
     assert total <= 1.05 * bound, f"over-admission: {total} allowed, bound {bound}"
-    assert total >= 0.7 * bound, f"under-admission: {total} allowed of {bound}"
+    # Admitting less depends on how much CPU each worker got (4 busy workers, 2 cores): a
+    # loose floor that only a broken limiter misses.
+    assert total >= 0.5 * bound, f"under-admission: {total} allowed of {bound}"
     if algorithm == "fixed_window":
         for s, n in enumerate(per_second):
             assert n <= 1.05 * 1000, f"second {s}: {n} allowed of 1000 (drift)"

@@ -40,6 +40,7 @@ CHILD = textwrap.dedent(
     # The pass that emptied the table trims memory before it counts itself done: two more
     # completed passes (not a guessed sleep) mean it has finished.
     passes = _native._sweeper_passes()
+    deadline = time.monotonic() + 60
     while _native._sweeper_passes() < passes + 2 and time.monotonic() < deadline:
         time.sleep(0.01)
     print(json.dumps({"base": base, "full": full, "after": proc.memory_info().rss,

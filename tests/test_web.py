@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from hotlimit import InvalidArgumentError, InvalidCostError, Limiter, Rate
+from hotlimit import InvalidArgumentError, InvalidCostError, Limiter, ManualClock, Rate
 from hotlimit.asgi import RateLimitMiddleware, Rule, Scoped
 from hotlimit.headers import rate_limit_headers
 from hotlimit.keys import ClientIP, hash_secret_key
@@ -62,8 +62,9 @@ def test_api_keys_are_hashed() -> None:
 
 
 def test_ietf_and_legacy_fields() -> None:
-    per_s = Limiter("2/second")
-    per_day = Limiter("100/day")
+    clock = ManualClock()  # three hits inside one refill interval, however slow the machine
+    per_s = Limiter("2/second", clock=clock)
+    per_day = Limiter("100/day", clock=clock)
     results = [(per_s, per_s.hit("k")), (per_day, per_day.hit("k"))]
     fields = dict(rate_limit_headers(results))
     assert fields["RateLimit-Policy"].count(";q=") == 2 and ";w=86400" in fields["RateLimit-Policy"]
@@ -129,7 +130,8 @@ def _app(**kw: object) -> tuple[Client, dict[str, list[object]]]:
 
     app = Starlette(routes=[Route("/upload", upload, methods=["POST"]), Route("/health", health)])
     url = kw.pop("redis", None)
-    backend = {"redis": url, "prefix": "web:", "redis_timeout": 2.0} if url else {}
+    # Memory limiters run on a manual clock: a slow request must not move retry_after.
+    backend = {"redis": url, "prefix": "web:", "redis_timeout": 2.0} if url else {"clock": ManualClock()}
     limits = [Limiter(str(kw.pop("rate", "2/minute")), **backend), Limiter("100/day", **backend)]  # type: ignore[arg-type]
     rules = [Rule("/upload", limits, methods=["POST"])]
     wrapped = RateLimitMiddleware(
@@ -263,25 +265,27 @@ def test_metrics_count_and_export() -> None:
 
 def test_end_to_end_through_uvicorn() -> None:
     """A real server on loopback, a real HTTP client: 429 after the limit, with its fields."""
+    import socket
     import threading
     import time
 
     import uvicorn
 
-    from tests.servers import free_port
-
     async def hello(request: Request) -> PlainTextResponse:
         return PlainTextResponse("hi")
 
-    app = RateLimitMiddleware(Starlette(routes=[Route("/hi", hello)]), [Rule("/hi", Limiter("3/minute"))])
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run)
+    app = RateLimitMiddleware(Starlette(routes=[Route("/hi", hello)]), [Rule("/hi", Limiter("3/hour"))])
+    sock = socket.socket()  # bound here: no window for another process to take the port
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
     thread.start()
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.01)
+        assert server.started
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
             codes = [http.get("/hi").status_code for _ in range(4)]
             last = http.get("/hi")
@@ -290,7 +294,8 @@ def test_end_to_end_through_uvicorn() -> None:
         assert last.json()["error"] == "rate_limited"
     finally:
         server.should_exit = True
-        thread.join(10)
+        thread.join(60)
+        sock.close()
 
 
 # -- tiers, run-time changes, admin reset, logs -------------------------------------------------
@@ -417,7 +422,7 @@ def test_starlette_add_middleware_as_in_the_readme() -> None:
 
     app = Starlette(routes=[Route("/api/x", ok)])
     app.add_middleware(
-        RateLimitMiddleware, rules=[Rule("/api/*", [Limiter("1/second"), Limiter("10000/day")])]
+        RateLimitMiddleware, rules=[Rule("/api/*", [Limiter("1/minute"), Limiter("10000/day")])]
     )
     client = Client(app, [])
     _clients.append(client)
@@ -677,7 +682,8 @@ def test_hybrid_and_exact_limits_cannot_share_a_rule(redis_server: object) -> No
 def test_a_denied_hit_many_reports_what_is_really_left() -> None:
     from hotlimit import hit_many
 
-    five, one = Limiter("5/second"), Limiter("1/minute")
+    clock = ManualClock()  # no refill between the calls, however slow the machine
+    five, one = Limiter("5/second", clock=clock), Limiter("1/minute", clock=clock)
     assert all(hit_many([(five, "k"), (one, "k")]))
     denied = hit_many([(five, "k"), (one, "k")])
     assert not any(denied)

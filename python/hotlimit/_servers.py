@@ -68,8 +68,10 @@ def free_cluster_port() -> int:
     """A free port whose cluster bus port (port + 10000) is free too."""
     import random
 
+    # Below the kernel's ephemeral range (32768 and up), bus port included, so an outgoing
+    # connection cannot take either between this check and the server's bind.
     for _ in range(1000):
-        port = random.randrange(20_000, 45_000)
+        port = random.randrange(20_000, 22_700)
         if _is_free(port) and _is_free(port + 10_000):
             return port
     raise RuntimeError("no free port pair for a cluster node")
@@ -112,8 +114,8 @@ class Server:
                 try:
                     if client.ping():
                         return
-                except redis.ConnectionError:
-                    pass
+                except (redis.ConnectionError, redis.TimeoutError):
+                    pass  # not up yet, or slow to answer on a loaded machine
                 assert self.process is not None
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     path = self.directory / "server.log" if self.directory else None

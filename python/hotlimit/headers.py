@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from hotlimit._native import Decision
 from hotlimit.limiter import Limiter
@@ -22,7 +22,7 @@ def retry_after_seconds(d: Decision) -> int:
     return max(1, math.ceil(d.retry_after - 1e-9))
 
 
-_POLICIES: weakref.WeakKeyDictionary[Limiter, tuple[str, int, int]] = weakref.WeakKeyDictionary()
+_POLICIES: weakref.WeakKeyDictionary[Limiter, _Policy] = weakref.WeakKeyDictionary()
 
 #: The largest sf-integer (RFC 9651 section 3.3.1: at most 15 digits).
 SF_INT_MAX = 999_999_999_999_999
@@ -53,8 +53,15 @@ def policy_quota(limiter: Limiter) -> tuple[int, int]:
     return q, w
 
 
-def _policy(limiter: Limiter) -> tuple[str, int, int]:
-    """(name, q, w) for a limiter, worked out once."""
+class _Policy(NamedTuple):
+    name: str
+    q: int
+    w: int
+    field: str  # the RateLimit-Policy item, under ``name``
+
+
+def _policy(limiter: Limiter) -> _Policy:
+    """A limiter's policy, worked out once."""
     cached = _POLICIES.get(limiter)
     if cached is None:
         raw = getattr(limiter, "name", None) or (
@@ -62,8 +69,13 @@ def _policy(limiter: Limiter) -> tuple[str, int, int]:
         )
         # An sf-string holds printable ASCII; keep names to a plain, readable subset of it.
         name = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "-" for c in raw)
-        cached = _POLICIES[limiter] = (name, *policy_quota(limiter))
+        q, w = policy_quota(limiter)
+        cached = _POLICIES[limiter] = _Policy(name, q, w, f'"{name}";q={q};w={w}')
     return cached
+
+
+def _now_item(name: str, q: int, d: Decision) -> str:
+    return f'"{name}";r={min(d.remaining, q)};t={min(math.ceil(d.reset_after), SF_INT_MAX)}'
 
 
 def rate_limit_headers(
@@ -76,34 +88,44 @@ def rate_limit_headers(
     """
     if not results:
         return []
-    out: list[tuple[str, str]] = []
-    tightest = min(results, key=lambda r: (r[1].remaining, -r[1].reset_after))
-    if style == "ietf":
-        policies = []
-        values = []
-        used: set[str] = set()
-        for lim, d in results:
-            base, q, w = _policy(lim)
-            # Two limits of one response with the same name (the same rate, counted under
-            # other keys) are told apart by a suffix no other name of the response has.
-            name, n = base, 1
-            while name in used:
-                n += 1
-                name = f"{base}-{n}"
-            used.add(name)
-            policies.append(f'"{name}";q={q};w={w}')
-            values.append(f'"{name}";r={min(d.remaining, q)};t={min(math.ceil(d.reset_after), SF_INT_MAX)}')
-        out.append(("RateLimit-Policy", ", ".join(policies)))
-        out.append(("RateLimit", ", ".join(values)))
+    out: list[tuple[str, str]]
+    if len(results) == 1:  # the common case, on every request: no sorting, no renaming
+        lim, tightest = results[0]
+        if style == "ietf":
+            p = _policy(lim)
+            out = [("RateLimit-Policy", p.field), ("RateLimit", _now_item(p.name, p.q, tightest))]
+        else:
+            out = _legacy(style, lim, tightest)
     else:
-        prefix = "RateLimit" if style == "draft" else "X-RateLimit"
-        lim, d = tightest
-        out.append((f"{prefix}-Limit", str(lim.capacity)))
-        out.append((f"{prefix}-Remaining", str(d.remaining)))
-        out.append((f"{prefix}-Reset", str(math.ceil(d.reset_after))))
+        lim, tightest = min(results, key=lambda r: (r[1].remaining, -r[1].reset_after))
+        if style == "ietf":
+            policies = []
+            values = []
+            used: set[str] = set()
+            for each, d in results:
+                p = _policy(each)
+                # Two limits of one response with the same name (the same rate, counted under
+                # other keys) are told apart by a suffix no other name of the response has.
+                name, n = p.name, 1
+                while name in used:
+                    n += 1
+                    name = f"{p.name}-{n}"
+                used.add(name)
+                policies.append(p.field if name == p.name else f'"{name}";q={p.q};w={p.w}')
+                values.append(_now_item(name, p.q, d))
+            out = [("RateLimit-Policy", ", ".join(policies)), ("RateLimit", ", ".join(values))]
+        else:
+            out = _legacy(style, lim, tightest)
     if denied:
-        worst = max(
-            (d for _, d in results if not d.allowed), key=lambda d: d.retry_after, default=tightest[1]
-        )
+        worst = max((d for _, d in results if not d.allowed), key=lambda d: d.retry_after, default=tightest)
         out.append(("Retry-After", str(retry_after_seconds(worst))))
     return out
+
+
+def _legacy(style: Style, lim: Limiter, d: Decision) -> list[tuple[str, str]]:
+    prefix = "RateLimit" if style == "draft" else "X-RateLimit"
+    return [
+        (f"{prefix}-Limit", str(lim.capacity)),
+        (f"{prefix}-Remaining", str(d.remaining)),
+        (f"{prefix}-Reset", str(math.ceil(d.reset_after))),
+    ]

@@ -145,6 +145,7 @@ class Limiter:
         for hot in _HOT:
             if getattr(cls, hot) is getattr(Limiter, hot):
                 self.__dict__[hot] = getattr(self._native, hot)
+        self._bind_async(self._native)
 
     def _init_redis(self, target: object, timeout: float, prefix: str, name: str | None, deny: bool) -> None:
         from hotlimit.redis.keys import check_name, escape
@@ -267,6 +268,31 @@ class Limiter:
         for hot in ("hit", "peek", "allow"):
             if getattr(cls, hot) is getattr(Limiter, hot):
                 self.__dict__[hot] = getattr(target, hot)
+        if isinstance(target, _native.NativeLimiter | _Constant):
+            self._bind_async(target)
+        else:  # the deny cache in front of Redis: a miss awaits the server (the class's methods)
+            for hot in ("ahit", "apeek", "aallow"):
+                self.__dict__.pop(hot, None)
+
+    def _bind_async(self, target: Any) -> None:
+        """Async twins for a target that decides in process without waiting (memory mode,
+        hybrid, an outage): one small coroutine each, around the native call, instead of the
+        class's methods that look up the mode first (605 ns against 127 for ``hit``)."""
+        cls = type(self)
+        hit, peek, allow = target.hit, target.peek, target.allow
+
+        async def ahit(key: Key, cost: int = 1) -> Decision:
+            return hit(key, cost)  # type: ignore[no-any-return]
+
+        async def apeek(key: Key, cost: int = 1) -> Decision:
+            return peek(key, cost)  # type: ignore[no-any-return]
+
+        async def aallow(key: Key, cost: int = 1) -> bool:
+            return allow(key, cost)  # type: ignore[no-any-return]
+
+        for name, fn in (("ahit", ahit), ("apeek", apeek), ("aallow", aallow)):
+            if getattr(cls, name) is getattr(Limiter, name):
+                self.__dict__[name] = fn
 
     def _rebuild_local(self, n: int) -> None:
         """Hybrid: a local limiter for 1/n of the rate; its unsent consumption moves over."""
