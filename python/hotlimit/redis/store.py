@@ -624,7 +624,14 @@ class RedisStore:
         """Raises unless the server answers; drops connections a dead server left behind."""
         client = self._sync_client()
         try:
-            client.ping()
+            if isinstance(client, redis.RedisCluster):
+                # redis-py sends a bare PING to one default node, which answers while another
+                # primary is dead: the breaker closed, the next call to that primary's slots
+                # failed, and it opened again (a fresh fallback each time, so a key in an
+                # outage got more than its limit). Every primary must answer.
+                client.ping(target_nodes=redis.RedisCluster.PRIMARIES)
+            else:
+                client.ping()
         except RedisError as e:
             pool: Any = getattr(client, "connection_pool", None)
             if pool is not None:
