@@ -267,6 +267,14 @@ def _async_connections(client: Any) -> list[Any]:
     return [*getattr(pool, "_available_connections", ()), *getattr(pool, "_in_use_connections", ())]
 
 
+def _abandon_if_ended(client: Any, loop: asyncio.AbstractEventLoop) -> None:
+    """At a store's end: an asyncio client whose loop has ended is closed here (its loop
+    cannot); one whose loop still runs closes its connections in that loop, as usual."""
+    if loop.is_closed():
+        for conn in _async_connections(client):
+            _abandon(conn)
+
+
 def _abandon(conn: Any) -> None:
     """Closes the socket of a redis.asyncio connection whose event loop has ended."""
     writer = getattr(conn, "_writer", None)
@@ -385,6 +393,7 @@ class RedisStore:
         self._async_lanes: dict[int, _AsyncLane] = {}
         self._async_conns: list[Any] = []
         self._async_loop: asyncio.AbstractEventLoop | None = None
+        self._async_finalizer: weakref.finalize[Any, Any] | None = None
 
     # -- clients -----------------------------------------------------------------------------
 
@@ -433,6 +442,9 @@ class RedisStore:
                 self._async = redis.asyncio.RedisCluster.from_url(self._url, **self._client_options())
             else:
                 self._async = redis.asyncio.Redis.from_url(self._url, **self._client_options())
+            # A limiter dropped without aclose() after its loop ended: the store's end closes
+            # the client's sockets (see _drop_async_client).
+            self._async_finalizer = weakref.finalize(self, _abandon_if_ended, self._async, loop)
         self._async_loop = loop
         return self._async
 
@@ -663,6 +675,7 @@ class RedisStore:
         if self._own_clients:
             self._sync = None
             self._async = None
+            self._detach_async_finalizer()  # the parent's client: the parent closes it
         self.next_heartbeat = 0.0
         for limiter in list(self.limiters):
             limiter._after_fork_in_child()
@@ -684,9 +697,15 @@ class RedisStore:
             await pool.release(conn)
         if self._own_clients and self._async is not None:
             client, self._async = self._async, None
+            self._detach_async_finalizer()
             await client.aclose()
         if not self.limiters:
             self.close()
+
+    def _detach_async_finalizer(self) -> None:
+        if self._async_finalizer is not None:
+            self._async_finalizer.detach()
+            self._async_finalizer = None
 
     def close(self) -> None:
         """Gives back the dedicated connections; closes the clients made from a URL."""
@@ -714,6 +733,7 @@ class RedisStore:
         self._async = None
         self._async_lanes = {}
         self._async_conns = []
+        self._detach_async_finalizer()
         if client is None:
             return
         if loop is not None and not loop.is_closed() and loop.is_running():
@@ -729,6 +749,7 @@ class RedisStore:
         for pool, conn in conns:
             await pool.release(conn)
         if self._own_clients and self._async is not None:
-            await self._async.aclose()
-            self._async = None
+            client, self._async = self._async, None
+            self._detach_async_finalizer()
+            await client.aclose()
         self.close()
