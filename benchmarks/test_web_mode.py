@@ -135,3 +135,47 @@ def test_added_latency(benchmark: Any, request: pytest.FixtureRequest, framework
     ours = next(v for n, v in per_request.items() if "hotlimit" in n) - base
     theirs = next(v for n, v in per_request.items() if "no limiter" not in n and "hotlimit" not in n) - base
     target(ours < theirs, f"{framework}: hotlimit adds {ours:.0f} ns, the peer {theirs:.0f} ns")
+
+
+# -- the web targets: raw ASGI overhead, async against sync, behind uvicorn ------------
+
+
+def _record(group: str, rows: dict[str, float]) -> None:
+    for name, value in rows.items():
+        REDIS[(group, name)] = value
+
+
+def _check(target: Any, web: dict[str, Any]) -> None:
+    from hotlimit import _bench_web
+
+    for t in _bench_web.targets(web):
+        target(t["met"], f"{t['target']}: {t['value']:.2f} {t['unit']}")
+
+
+def test_asgi_overhead_and_async_decisions(
+    benchmark: Any, redis_url: str, request: pytest.FixtureRequest, target: Any
+) -> None:
+    from hotlimit import _bench_web
+
+    smoke = request.config.getoption("benchmark_disable")
+    asgi = _bench_web.asgi_overhead(redis_url, smoke)
+    timings = _bench_web.async_vs_sync(redis_url, smoke)
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)  # measured above
+    assert set(asgi) == {"bare app", "+ hotlimit memory", "+ hotlimit hybrid"} and min(asgi.values()) > 0
+    _record("web, raw ASGI into Starlette: ns per request", asgi)
+    _record("web, async against sync: ns per decision", timings)
+    _check(target, {"asgi": asgi, "async": timings})
+
+
+def test_requests_per_second_behind_uvicorn(
+    benchmark: Any, redis_url: str, request: pytest.FixtureRequest, target: Any
+) -> None:
+    from hotlimit import _bench_web
+
+    smoke = request.config.getoption("benchmark_disable")
+    rps = _bench_web.behind_uvicorn(redis_url, 1.0 if smoke else 5.0, 1 if smoke else 3)
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    assert rps is not None, "wrk is installed (apt-get install wrk)"
+    assert all(v > 0 for v in rps.values()), rps  # every request answered 2xx (wrk output checked)
+    _record("web, one uvicorn worker: requests per second (throughput)", rps)
+    _check(target, {"uvicorn": rps})

@@ -366,7 +366,10 @@ def test_django_view_through_wsgi_middleware() -> None:
         body = b"".join(app(environ, start_response))
         return str(seen["status"]), seen["headers"], body  # type: ignore[return-value]
 
-    first = call()
+    from django.test import override_settings
+
+    with override_settings(ROOT_URLCONF=__name__):  # another test may have configured Django
+        first = call()
     assert first[0].startswith("200") and first[2] == b"django ok" and "RateLimit" in first[1]
     call()
     status, headers, body = call()

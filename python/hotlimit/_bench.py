@@ -374,6 +374,10 @@ def targets(
                     "met": acc <= 1.05,
                 }
             )
+        if shared.get("web"):
+            from hotlimit import _bench_web
+
+            out += _bench_web.targets(shared["web"])
     return out
 
 
@@ -672,12 +676,18 @@ def run_shared(url: str, quick: bool, say: Callable[[str], None]) -> dict[str, A
     if not quick:
         say("hybrid accuracy: 4 processes, one key, 1,000/second ...")
         accuracy = hybrid_accuracy(url, 2)
+    web = None
+    if have("starlette") and have("uvicorn"):
+        from hotlimit import _bench_web
+
+        web = _bench_web.run(url, quick, say)
     return {
         "redis": [asdict(r) for r in redis_results],
         "hybrid_ns": hy,
         "memory_ns": mem,
         "throughput": tput,
         "hybrid_accuracy": accuracy,
+        "web": web,
     }
 
 
@@ -713,6 +723,10 @@ def format_shared(shared: dict[str, Any]) -> str:
     acc = shared.get("hybrid_accuracy")
     if acc is not None:
         lines.append(f"hybrid accuracy, 4 processes on one key at 1,000/second: allowed / limit = {acc:.3f}")
+    if shared.get("web"):
+        from hotlimit import _bench_web
+
+        lines += _bench_web.format_rows(shared["web"])
     return "\n".join(lines)
 
 

@@ -20,9 +20,9 @@ from typing import Any, NamedTuple
 
 from hotlimit._errors import InvalidArgumentError
 from hotlimit._native import Decision
-from hotlimit.headers import Style, rate_limit_headers, retry_after_seconds
+from hotlimit.headers import Style, ietf_fields_raw, rate_limit_headers, retry_after_seconds
 from hotlimit.keys import ClientIP, hash_secret_key
-from hotlimit.limiter import Limiter, ahit_many, check_one_backend
+from hotlimit.limiter import Limiter, ahit_many, check_one_backend, hit_many
 from hotlimit.metrics import Metrics
 
 __all__ = [
@@ -93,6 +93,7 @@ class Rule:
             methods.add("HEAD")
         self._methods = frozenset(methods)
         self._limits = ()
+        self.single: Limiter | None = None
         if self.choose is None or self.limits:
             self.set_limits(self.limits)
 
@@ -102,6 +103,9 @@ class Rule:
         if not new:
             raise InvalidArgumentError(f"a rule needs one or more Limiter objects, got {limits!r}")
         self._limits = new
+        only = new[0]
+        #: The one limit of a rule that has one, counted under the client key (no tiers).
+        self.single = only if len(new) == 1 and isinstance(only, Limiter) and self.choose is None else None
 
     def limits_for(self, scope: Scope, key: str, ip: str) -> list[tuple[Limiter, str]]:
         """Each limit of this request with the key it is counted under."""
@@ -223,6 +227,9 @@ class Gate:
                     metrics.watch(lim)
         self.allowed = 0
         self.denied = 0
+        self._routes: dict[tuple[str, str], Rule | None] = {}
+        #: Nothing but the decision and the IETF fields to do for an allowed request.
+        self._plain = metrics is None and headers == "ietf"
 
     def reset(self, key: str) -> int:
         """Admin: forgets one client (its key as the rules compute it) in every rule."""
@@ -231,15 +238,37 @@ class Gate:
     def _rule(self, request: Any, path: str, method: str) -> Rule | None:
         if self.skip is not None and self.skip(request):
             return None
-        return match_rule(self.rules, self.exempt, path, method)
+        # Matching depends only on the path and the method (the rules are fixed once the
+        # middleware is built; set_limits changes limits, not matching): remembered, so a
+        # request pays one dict lookup instead of a glob per exempt path and rule. Bounded: a
+        # flood of distinct paths only empties it now and then.
+        route = (path, method)
+        try:
+            return self._routes[route]
+        except KeyError:
+            pass
+        rule = match_rule(self.rules, self.exempt, path, method)
+        if len(self._routes) >= _ROUTE_CACHE:
+            self._routes.clear()
+        self._routes[route] = rule
+        return rule
 
-    def _limits(
-        self, request: Any, rule: Rule, peer: str | None, headers: Sequence[tuple[str, str]]
-    ) -> tuple[str, list[tuple[Limiter, str]]]:
-        """The client key and each limit with the key it is counted under."""
-        ip = self.client_ip(peer, headers)
+    def decide(self, request: Any, rule: Rule, ip: str) -> Verdict:
+        """The verdict on one request under ``rule``, for client address ``ip`` (sync: WSGI,
+        Django, Flask). ``request`` is what key functions receive."""
+        started = time.perf_counter() if self.metrics is not None else 0.0
         key = rule.key(request, ip) if rule.key is not None else ip
-        return key, rule.limits_for(request, key, ip)
+        pairs = rule.limits_for(request, key, ip)
+        decisions = [pairs[0][0].hit(pairs[0][1])] if len(pairs) == 1 else hit_many(pairs)
+        return self._verdict(request, rule, key, pairs, decisions, started)
+
+    async def adecide(self, request: Any, rule: Rule, ip: str) -> Verdict:
+        """:meth:`decide` for asyncio code (ASGI, FastAPI)."""
+        started = time.perf_counter() if self.metrics is not None else 0.0
+        key = rule.key(request, ip) if rule.key is not None else ip
+        pairs = rule.limits_for(request, key, ip)
+        decisions = [await pairs[0][0].ahit(pairs[0][1])] if len(pairs) == 1 else await ahit_many(pairs)
+        return self._verdict(request, rule, key, pairs, decisions, started)
 
     def _verdict(
         self,
@@ -253,16 +282,17 @@ class Gate:
         ok = all(decisions)
         if self.metrics is not None:
             self.metrics.record(_route_name(rule), ok, time.perf_counter() - started)
+        results = [(lim, d) for (lim, _), d in zip(pairs, decisions, strict=True)]
         if ok:
             self.allowed += 1
-        else:
-            self.denied += 1
-            log_denial(rule, key)
-            if self.on_deny is not None:
-                self.on_deny(request, key, decisions)
-        results = [(lim, d) for (lim, _), d in zip(pairs, decisions, strict=True)]
-        extra = [] if self.headers is None else rate_limit_headers(results, self.headers, denied=not ok)
-        if ok or self.shadow:
+            extra = [] if self.headers is None else rate_limit_headers(results, self.headers)
+            return Verdict(True, extra, b"")
+        self.denied += 1
+        log_denial(rule, key)
+        if self.on_deny is not None:
+            self.on_deny(request, key, decisions)
+        extra = [] if self.headers is None else rate_limit_headers(results, self.headers, denied=True)
+        if self.shadow:
             return Verdict(True, [(k, v) for k, v in extra if k != "Retry-After"], b"")
         worst = max((d for d in decisions if not d.allowed), key=lambda d: d.retry_after)
         if self.headers is None:
@@ -270,36 +300,66 @@ class Gate:
         return Verdict(False, extra, json.dumps(self.body(worst)).encode("utf-8"))
 
 
+_ROUTE_CACHE = 4096
+
+# ASGI header names are lower-case bytes; the few hotlimit writes, encoded once.
+_NAMES: dict[str, bytes] = {}
+
+
+def _encoded(fields: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    out = []
+    for name, value in fields:
+        raw = _NAMES.get(name)
+        if raw is None:
+            raw = _NAMES[name] = name.lower().encode("latin-1")
+        out.append((raw, value.encode("latin-1")))
+    return out
+
+
+def _adding(fields: list[tuple[bytes, bytes]], send: Send) -> Send:
+    """``send`` with ``fields`` added to the response's headers."""
+
+    async def send_with_fields(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *fields]}
+        await send(message)
+
+    return send_with_fields
+
+
 class RateLimitMiddleware(Gate):
-    """Applies the first matching rule to each HTTP request (options: see :class:`Gate`)."""
+    """Applies the first matching rule to each HTTP request and WebSocket handshake (options:
+    see :class:`Gate`). A handshake is a GET: a rule for GET (or for every method) limits the
+    connections to its path; a denied one is refused with a 429 where the server supports the
+    WebSocket denial response, else closed before it is accepted (code 1008)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope.get("type") != "http":
-            await self.app(scope, receive, send)
+        kind = scope["type"]
+        if kind != "http":
+            if kind == "websocket":
+                await self._websocket(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         rule = self._rule(scope, scope.get("path", ""), scope.get("method", "GET"))
         if rule is None:
             await self.app(scope, receive, send)
             return
-        peer = scope.get("client")
-        raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers", [])]
-        started = time.perf_counter()
-        key, pairs = self._limits(scope, rule, peer[0] if peer else None, raw)
-        if len(pairs) == 1:
-            decisions = [await pairs[0][0].ahit(pairs[0][1])]
+        ip = self.client_ip.from_asgi(scope.get("client"), scope.get("headers", ()))
+        single = rule.single
+        if single is not None and self._plain and rule.key is None:
+            # The common rule and answer: one limit under the client address, allowed.
+            d = await single.ahit(ip)
+            if d.allowed:
+                self.allowed += 1
+                await self.app(scope, receive, _adding(ietf_fields_raw(single, d), send))
+                return
+            verdict = self._verdict(scope, rule, ip, [(single, ip)], [d], 0.0)
         else:
-            decisions = await ahit_many(pairs)
-        verdict = self._verdict(scope, rule, key, pairs, decisions, started)
-        encoded = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in verdict.headers]
+            verdict = await self.adecide(scope, rule, ip)
+        encoded = _encoded(verdict.headers)
         if verdict.passes:
-
-            async def send_with_headers(message: Message) -> None:
-                if message["type"] == "http.response.start" and encoded:
-                    message = dict(message)
-                    message["headers"] = [*message.get("headers", []), *encoded]
-                await send(message)
-
-            await self.app(scope, receive, send_with_headers)
+            await self.app(scope, receive, _adding(encoded, send) if encoded else send)
             return
         response_headers = [
             (b"content-type", b"application/json"),
@@ -308,3 +368,29 @@ class RateLimitMiddleware(Gate):
         ]
         await send({"type": "http.response.start", "status": 429, "headers": response_headers})
         await send({"type": "http.response.body", "body": verdict.body})
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rule = self._rule(scope, scope.get("path", ""), "GET")
+        if rule is None:
+            await self.app(scope, receive, send)
+            return
+        ip = self.client_ip.from_asgi(scope.get("client"), scope.get("headers", ()))
+        verdict = await self.adecide(scope, rule, ip)
+        if verdict.passes:
+            await self.app(scope, receive, send)
+            return
+        message = await receive()  # the handshake: websocket.connect
+        if message.get("type") != "websocket.connect":
+            return
+        if "websocket.http.response" in scope.get("extensions", {}):
+            encoded = _encoded(verdict.headers)
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": 429,
+                    "headers": [(b"content-type", b"application/json"), *encoded],
+                }
+            )
+            await send({"type": "websocket.http.response.body", "body": verdict.body})
+            return
+        await send({"type": "websocket.close", "code": 1008, "reason": "rate limited"})

@@ -21,7 +21,7 @@ import ipaddress
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from hotlimit._errors import InvalidArgumentError
@@ -144,6 +144,8 @@ class ClientIP:
         self._unix = unix
         self._v6 = ipv6_prefix
         self._header = header.lower()
+        self._header_raw = self._header.encode("latin-1")
+        self._environ_key = "HTTP_" + self._header.upper().replace("-", "_")
         self._rfc7239 = self._header == "forwarded"
         self._warned = False
 
@@ -180,6 +182,26 @@ class ClientIP:
             )
         return "unknown"
 
+    def from_asgi(self, client: Sequence[Any] | None, headers: Iterable[tuple[bytes, bytes]]) -> str:
+        """The client of an ASGI request (``scope["client"]``, ``scope["headers"]``): only
+        the named header is decoded, and only when a proxy is trusted."""
+        peer = client[0] if client else None
+        if peer and not self._trusted and ":" not in peer:
+            return str(peer)  # an IPv4 socket peer: the common case, nothing to parse
+        found = []
+        if self._trusted or self._unix:
+            wanted = self._header_raw
+            found = [(self._header, v.decode("latin-1")) for k, v in headers if k.lower() == wanted]
+        return self(peer, found)
+
+    def from_wsgi(self, environ: Mapping[str, Any]) -> str:
+        """The client of a WSGI request (``REMOTE_ADDR`` and the named header)."""
+        peer = environ.get("REMOTE_ADDR") or None
+        if peer and not self._trusted and ":" not in peer:
+            return str(peer)
+        value = environ.get(self._environ_key)
+        return self(peer, [] if value is None else [(self._header, str(value))])
+
     def __call__(self, peer: str | None, headers: Sequence[tuple[str, str]]) -> str:
         if peer and not self._trusted and ":" not in peer:
             return peer  # an IPv4 socket peer, written by the server: nothing to parse
@@ -208,6 +230,9 @@ class ClientIP:
 
 
 def _header(request: Any, name: str) -> str | None:
+    meta = getattr(request, "META", None)  # a Django HttpRequest: its META is an environ
+    if meta is not None:
+        request = meta
     if "headers" in request:  # ASGI scope
         wanted = name.lower().encode("latin-1")
         for k, v in request["headers"]:
@@ -234,10 +259,16 @@ def user(attribute: str = "identity") -> Callable[[Any, str], str]:
     ``REMOTE_USER`` under WSGI); anonymous requests fall back to the client IP."""
 
     def key(request: Any, ip: str) -> str:
-        u = request.get("user")
+        meta = getattr(request, "META", None)  # a Django HttpRequest
+        u = request.get("user") if meta is None else getattr(request, "user", None)
         if u is not None and getattr(u, "is_authenticated", False):
-            return f"user:{getattr(u, attribute, None) or getattr(u, 'display_name', '')}"
-        remote = request.get("REMOTE_USER")
+            name = (
+                getattr(u, attribute, None)
+                or getattr(u, "display_name", "")
+                or getattr(u, "get_username", str)()
+            )
+            return f"user:{name}"
+        remote = (request if meta is None else meta).get("REMOTE_USER")
         return f"user:{remote}" if remote else f"ip:{ip}"
 
     return key

@@ -4,26 +4,16 @@ read."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from hotlimit.asgi import Gate, Rule, Scoped
-from hotlimit.limiter import hit_many
 
 __all__ = ["RateLimitMiddleware", "Rule", "Scoped"]
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
-
-
-def _headers(environ: Environ) -> list[tuple[str, str]]:
-    out = []
-    for k, v in environ.items():
-        if k.startswith("HTTP_"):
-            out.append((k[5:].replace("_", "-").lower(), str(v)))
-    return out
 
 
 class RateLimitMiddleware(Gate):
@@ -35,10 +25,7 @@ class RateLimitMiddleware(Gate):
         rule = self._rule(environ, environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET"))
         if rule is None:
             return self.app(environ, start_response)  # type: ignore[no-any-return]
-        started = time.perf_counter()
-        key, pairs = self._limits(environ, rule, environ.get("REMOTE_ADDR"), _headers(environ))
-        decisions = [pairs[0][0].hit(pairs[0][1])] if len(pairs) == 1 else hit_many(pairs)
-        verdict = self._verdict(environ, rule, key, pairs, decisions, started)
+        verdict = self.decide(environ, rule, self.client_ip.from_wsgi(environ))
         if verdict.passes:
 
             def start_with_headers(status: str, headers: list[tuple[str, str]], *exc: Any) -> Any:
