@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from fastapi import WebSocket  # at module level: FastAPI resolves the endpoints' annotations here
 
 from hotlimit import InvalidRateError, Limiter, ManualClock
 from hotlimit.asgi import RateLimitMiddleware, Rule
@@ -279,3 +280,183 @@ def test_websocket_handshakes_are_limited_per_client() -> None:
     assert denial[1]["type"] == "websocket.http.response.body"
     other_path = RateLimitMiddleware(_echo_app, [Rule("/api/*", Limiter("1/minute"))])
     assert all(_handshake(other_path, peer)[0]["type"] == "websocket.accept" for _ in range(3))
+
+
+# -- what an adversarial pass over the integrations found -------------------------------------
+
+
+def test_django_decorator_on_async_views() -> None:
+    _django()
+    from django.http import HttpResponse
+    from django.test import AsyncClient, override_settings
+    from django.urls import path
+    from django.utils.decorators import method_decorator
+    from django.views import View
+
+    from hotlimit.django import ratelimit
+
+    clock = ManualClock()
+
+    @ratelimit(Limiter("1/minute", clock=clock))
+    async def aview(request: Any) -> HttpResponse:
+        return HttpResponse("async ok")
+
+    @method_decorator(ratelimit(Limiter("1/minute", clock=clock)), name="dispatch")
+    class AsyncCBV(View):
+        async def get(self, request: Any) -> HttpResponse:
+            return HttpResponse("async cbv")
+
+    urlpatterns[:] = [path("a/", aview), path("cbv/", AsyncCBV.as_view())]
+
+    async def main() -> list[int]:
+        client = AsyncClient(REMOTE_ADDR="192.0.2.30")
+        codes = []
+        for url in ("/a/", "/a/", "/cbv/", "/cbv/"):
+            response = await client.get(url)
+            codes.append(response.status_code)
+            if response.status_code == 200:
+                assert "RateLimit" in response
+        return codes
+
+    with override_settings(ROOT_URLCONF=__name__, MIDDLEWARE=[]):
+        assert asyncio.run(main()) == [200, 429, 200, 429]
+
+
+def test_django_middleware_and_decorator_fields_join() -> None:
+    _django()
+    from django.http import HttpResponse
+    from django.test import Client, override_settings
+    from django.urls import path
+
+    from hotlimit.django import ratelimit
+
+    clock = ManualClock()
+
+    @ratelimit(Limiter("1/minute", clock=clock))
+    def tight(request: Any) -> HttpResponse:
+        return HttpResponse("t")
+
+    urlpatterns[:] = [path("api/tight/", tight)]
+    config = {"RULES": [Rule("/api/*", Limiter("100/minute", clock=clock))]}
+    with override_settings(
+        ROOT_URLCONF=__name__, MIDDLEWARE=["hotlimit.django.RateLimitMiddleware"], HOTLIMIT=config
+    ):
+        client = Client(REMOTE_ADDR="192.0.2.31")
+        ok = client.get("/api/tight/")
+        assert ok.status_code == 200 and ok["RateLimit-Policy"].count(";q=") == 2, ok["RateLimit-Policy"]
+        denied = client.get("/api/tight/")
+        assert denied.status_code == 429
+        assert "r=0" in denied["RateLimit"] and denied["RateLimit-Policy"].count(";q=") == 2
+
+
+def test_django_settings_are_checked_at_start_up() -> None:
+    _django()
+    from django.core.exceptions import ImproperlyConfigured
+    from django.test import override_settings
+
+    from hotlimit.django import RateLimitMiddleware
+
+    rule = Rule("/api/*", Limiter("1/minute"))
+    for config in (
+        {"RULES": rule},
+        {"RULES": ["/api/*"]},
+        {"RULES": [rule], "CLIENT_IP": "10.0.0.0/8"},
+        {"RULES": [rule], "EXEMPT": "/health/"},
+        {"RULES": [rule], "SHADOW": "false"},
+        {"RULES": [rule], "HEADERS": "IETF"},
+        [rule],
+    ):
+        with override_settings(HOTLIMIT=config), pytest.raises(ImproperlyConfigured, match="HOTLIMIT"):
+            RateLimitMiddleware(lambda request: None)  # type: ignore[arg-type, return-value]
+
+
+def test_fastapi_dependency_covers_websocket_routes() -> None:
+    from fastapi import APIRouter, Depends, FastAPI
+
+    from hotlimit.fastapi import RateLimit
+
+    app = FastAPI()
+    router = APIRouter(dependencies=[Depends(RateLimit(Limiter("2/minute", clock=ManualClock())))])
+
+    @router.websocket("/ws")
+    async def ws(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.close()
+
+    app.include_router(router)
+    peer = ("198.51.100.40", 1)
+    sent = [_handshake(app, peer) for _ in range(3)]
+    kinds = [s[0]["type"] for s in sent]
+    assert kinds == ["websocket.accept", "websocket.accept", "websocket.close"], sent
+    assert _handshake(app, peer)[0].get("code") == 1008
+
+
+def test_flask_app_factories_keep_their_own_settings_and_counts() -> None:
+    import flask
+
+    from hotlimit.flask import HotLimit
+
+    limiter = HotLimit()
+
+    def create(default: str, headers: str) -> flask.Flask:
+        app = flask.Flask("factory")
+        app.config["HOTLIMIT_DEFAULT"] = default  # one rate as a plain string is fine too
+        app.config["HOTLIMIT_HEADERS"] = headers
+        app.add_url_rule("/x", "x", lambda: "x")
+        limiter.init_app(app)
+        return app
+
+    a, b = create("2 per day", "ietf"), create("3 per day", "x")
+    ca, cb = a.test_client(), b.test_client()
+    assert [ca.get("/x").status_code for _ in range(3)] == [200, 200, 429]
+    assert [cb.get("/x").status_code for _ in range(4)] == [200, 200, 200, 429], "B counts on its own"
+    assert "X-RateLimit-Limit" in cb.get("/x").headers and "RateLimit" in ca.get("/x").headers
+    off = flask.Flask("off")
+    off.config["HOTLIMIT_ENABLED"] = False
+    off.add_url_rule("/x", "x", lambda: "x")
+    limiter.init_app(off)
+    assert ca.get("/x").status_code == 429, "a third app's settings do not switch A off"
+
+
+def test_flask_decorators_by_name_stacked_and_checked_early() -> None:
+    import functools
+
+    import flask
+
+    from hotlimit.flask import HotLimit
+
+    app = flask.Flask("t")
+    limiter = HotLimit(app)
+
+    def login_required(view: Any) -> Any:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    @app.get("/w")
+    @login_required
+    @limiter.limit("1 per day")
+    def wrapped_view() -> str:
+        return "w"
+
+    @app.get("/stack")
+    @limiter.limit("10 per minute", key=lambda environ, ip: "everyone")
+    @limiter.limit("10 per minute")
+    @limiter.limit("1 per day", key=lambda environ, ip: "everyone-daily")
+    def stacked() -> str:
+        return "s"
+
+    client = app.test_client()
+    assert [client.get("/w").status_code for _ in range(2)] == [200, 429], "found under its wrapper"
+    assert client.get("/stack").status_code == 200, "two limits of one rate: each its own"
+    other = client.get(
+        "/stack", headers={"X-Forwarded-For": "1.2.3.4"}, environ_base={"REMOTE_ADDR": "192.0.2.9"}
+    )
+    assert other.status_code == 429, "the daily limit counts under its own key: everyone"
+    with pytest.raises(InvalidRateError, match="fortnight"):
+        limiter.limit("1 per fortnight")
+    static = flask.Flask("s", static_folder=None)
+    HotLimit(static).init_app(static)
+    assert static.test_client().options("/w").status_code in (200, 404)

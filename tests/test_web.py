@@ -691,6 +691,7 @@ def test_a_denied_hit_many_reports_what_is_really_left() -> None:
     denied = hit_many([(five, "k"), (one, "k")])
     assert not any(denied)
     assert denied[0].remaining == 4 and denied[0].retry_after == 0, "nothing taken: 4 left, not 3"
+    assert denied[0].reset_after == pytest.approx(0.2), "and full again in one interval, not two"
     assert five.peek("k").remaining == 3, "and indeed nothing was taken"
 
 

@@ -877,17 +877,24 @@ def check_one_backend(limiters: Sequence[Limiter]) -> None:
         )
 
 
-def _not_consumed(d: Decision, cost: int) -> Decision:
+def _not_consumed(d: Decision, cost: int, limiter: Limiter) -> Decision:
     """A part of a failed hit_many: never allowed (nothing was consumed); ``retry_after`` 0
     means this part alone would have fit. ``d`` said what its hit would have left; nothing
-    was taken, so ``remaining`` is that plus the cost (what can still be consumed now)."""
+    was taken, so ``remaining`` is that plus the cost (what can still be consumed now), and a
+    token bucket's ``reset_after`` is that less the cost's emission intervals. (A window's
+    reset is its end, which the one hit would not have moved, but for a key it would have
+    created.)"""
     if not d.allowed:
         return d
+    reset_after = d.reset_after
+    if limiter.algorithm == "token_bucket":
+        emission = -(-limiter.rate.period_ns // limiter.rate.limit)
+        reset_after = max(0.0, (round(reset_after * _NS) - cost * emission) / _NS)
     return Decision(
         allowed=False,
         limit=d.limit,
         remaining=d.remaining + cost,
-        reset_after=d.reset_after,
+        reset_after=reset_after,
         retry_after=0.0,
     )
 
@@ -917,7 +924,7 @@ def _memory_many(items: list[_Item]) -> list[Decision]:
     with _memory_many_lock:
         peeks = [_local_native(lim).peek(k, c) for lim, k, c in items]
         if not all(peeks):
-            return [_not_consumed(d, c) for d, (_, _, c) in zip(peeks, items, strict=True)]
+            return [_not_consumed(d, c, lim) for d, (lim, _, c) in zip(peeks, items, strict=True)]
         done: list[Decision] = []
         for lim, k, c in items:
             d = _local_native(lim).hit(k, c)
@@ -925,8 +932,8 @@ def _memory_many(items: list[_Item]) -> list[Decision]:
                 for (l2, k2, c2), _ in zip(items, done, strict=False):
                     _local_native(l2).refund(k2, c2)
                 return [
-                    d if i == len(done) else _not_consumed(p, c)
-                    for i, (p, (_, _, c)) in enumerate(zip(peeks, items, strict=True))
+                    d if i == len(done) else _not_consumed(p, c, lim)
+                    for i, (p, (lim, _, c)) in enumerate(zip(peeks, items, strict=True))
                 ]
             done.append(d)
         return done
@@ -992,5 +999,5 @@ def _many_decisions(items: list[_Item], r: Sequence[int]) -> list[Decision]:
     out = []
     for i, (lim, _, _) in enumerate(items):
         d = lim._decision(r, 4 * i)
-        out.append(d if ok else _not_consumed(d, items[i][2]))
+        out.append(d if ok else _not_consumed(d, items[i][2], lim))
     return out
