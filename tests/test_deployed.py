@@ -212,3 +212,29 @@ def test_a_cluster_probe_fails_while_any_primary_is_dead() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         gc.collect()  # here, under this test's filter, not in a later test
+
+
+def test_one_fallback_table_per_limiter_whoever_meets_the_open_breaker_first() -> None:
+    """The thread that trips the breaker and callers that meet it open both made the fallback
+    table: the second, fresh one forgot what the first admitted (a key got more than its limit
+    in an outage: 24 of 20 in the cluster fault test) and the first one's units never reached
+    Redis. Threads released together on a dead server: exactly the limit, one table."""
+    port = servers.free_port()  # nothing listens
+    lim = Limiter("20/hour", redis=f"redis://127.0.0.1:{port}/0", prefix="fb:")
+    start = threading.Barrier(8)
+    allowed: list[int] = []
+
+    def work() -> None:
+        start.wait()
+        allowed.append(sum(lim.hit("k").allowed for _ in range(10)))
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(allowed) == 20, allowed
+    table = lim._fallback
+    lim._on_breaker_open()  # what a late caller of the same outage does
+    assert lim._fallback is table and not lim.hit("k").allowed
+    lim.close()

@@ -222,6 +222,7 @@ class Limiter:
         self._pending: dict[Key, int] = {}
         self._pending_lock = threading.Lock()
         self._flush_lock = threading.Lock()  # one flush at a time: never send a delta twice
+        self._fallback_lock = threading.Lock()
         self._fallback: _native.NativeLimiter | None = None
         self._local: _native.NativeLimiter | None = None
         self._local_n = 0
@@ -322,9 +323,15 @@ class Limiter:
         if self._hybrid:
             return  # decisions are local already; flushes wait for the breaker to close
         if self._on_redis_error == "fallback":
-            n = self._store.replicas.get(self.prefix, 1) if self._store is not None else 1
-            self._fallback = self._scaled(n, track=True)
-            self._bind(self._fallback)
+            # One fallback table per limiter, made once and kept across outages: the thread
+            # that trips the breaker and the callers that meet it open race to get here, and a
+            # second, fresh table would forget what the first admitted (a key in an outage got
+            # more than its share, and the first table's units never reached Redis).
+            with self._fallback_lock:
+                if self._fallback is None:
+                    n = self._store.replicas.get(self.prefix, 1) if self._store is not None else 1
+                    self._fallback = self._scaled(n, track=True)
+                self._bind(self._fallback)
         else:
             self._bind(self._constant)
 
@@ -417,6 +424,7 @@ class Limiter:
                 native.drain()
         self._pending_lock = threading.Lock()
         self._flush_lock = threading.Lock()
+        self._fallback_lock = threading.Lock()
         self._pending = {}
 
     # -- the Redis path ---------------------------------------------------------------------

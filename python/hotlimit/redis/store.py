@@ -639,9 +639,13 @@ class RedisStore:
             if isinstance(client, redis.RedisCluster):
                 # redis-py sends a bare PING to one default node, which answers while another
                 # primary is dead: the breaker closed, the next call to that primary's slots
-                # failed, and it opened again (a fresh fallback each time, so a key in an
-                # outage got more than its limit). Every primary must answer.
-                client.ping(target_nodes=redis.RedisCluster.PRIMARIES)
+                # failed, and it opened again. Every primary of the client's view must answer,
+                # and say the cluster is whole (a primary marked failed may have left that
+                # view, while its slots are still uncovered).
+                infos: Any = client.cluster_info(target_nodes=redis.RedisCluster.PRIMARIES)
+                broken = {node: info.get("cluster_state") for node, info in infos.items()}
+                if any(state != "ok" for state in broken.values()):
+                    raise RedisError(f"cluster is not whole: {broken}")
             else:
                 client.ping()
         except RedisError as e:
