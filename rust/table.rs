@@ -231,8 +231,18 @@ pub trait Engine: Send + Sync + 'static {
     /// Removes the fresh keys of one shard; returns how many.
     fn sweep_shard(&self, index: usize) -> usize;
     /// Sweeps every shard now; returns how many keys were removed.
+    ///
+    /// Each shard under the sweeper's gate, as the background sweeper does: an explicit sweep
+    /// runs with the GIL released, so another thread can `fork()` meanwhile, and a child
+    /// forked while a shard lock was held would wait on it forever. `before_fork` takes the
+    /// gate, so a fork waits for the shard in progress and the next one waits for the fork.
     fn sweep(&self) -> usize {
-        (0..self.shard_count()).map(|i| self.sweep_shard(i)).sum()
+        (0..self.shard_count())
+            .map(|i| {
+                let _held = sweeper().gate.lock();
+                self.sweep_shard(i)
+            })
+            .sum()
     }
     fn sweep_interval(&self) -> Duration;
 }

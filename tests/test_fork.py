@@ -41,3 +41,59 @@ def test_forked_child_limits_and_sweeps() -> None:
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
     assert not parent.hit("shared").allowed, "the parent's state is its own"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
+def test_fork_while_another_thread_sweeps() -> None:
+    """An explicit sweep() releases the GIL while it holds a shard's lock; a fork from
+    another thread meanwhile gave a child whose first hit waited on that lock forever (18 of 20
+    children hung with one shard and 1M keys). The child must work whatever the parent was
+    doing: here each fork is made just as the other thread enters a sweep of 300k idle keys."""
+    import threading
+
+    clock = ManualClock()
+    limiter = Limiter("5/minute", clock=clock, shards=1, max_keys=2_000_000, sweep_interval=3600)
+    sweeping, forked = threading.Event(), threading.Event()
+
+    def sweeper() -> None:
+        for round_ in range(6):
+            for i in range(300_000):
+                limiter.hit(f"k{round_}-{i}")
+            clock.advance(3600)  # every key idle: the sweep has a whole shard to empty
+            forked.clear()
+            sweeping.set()
+            limiter.sweep()  # releases the GIL: the main thread forks now
+            forked.wait(60)
+
+    worker = threading.Thread(target=sweeper)
+    worker.start()
+    hung = 0
+    try:
+        for _ in range(6):
+            assert sweeping.wait(120)
+            sweeping.clear()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads
+                pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    code = 0 if limiter.hit("child").allowed and limiter.sweep() >= 0 else 2
+                finally:
+                    os._exit(code)
+            forked.set()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    assert os.waitstatus_to_exitcode(status) == 0
+                    break
+                time.sleep(0.01)
+            else:
+                hung += 1
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+    finally:
+        forked.set()
+        worker.join(120)
+    assert hung == 0, f"{hung} of 6 children hung"
