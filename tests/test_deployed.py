@@ -238,3 +238,37 @@ def test_one_fallback_table_per_limiter_whoever_meets_the_open_breaker_first() -
     lim._on_breaker_open()  # what a late caller of the same outage does
     assert lim._fallback is table and not lim.hit("k").allowed
     lim.close()
+
+
+def test_an_async_call_in_flight_when_the_breaker_opens_does_not_close_it(
+    redis_server: servers.Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A successful async call that was in flight when another caller opened the breaker (a
+    live cluster node answering while another is dead) closed the breaker, without a probe or
+    reconciliation: decisions went back to the store mid-outage, and a key got 30 of 20 in the
+    cluster fault test (2 runs in 25)."""
+    from hotlimit import StorageError
+    from hotlimit.redis import keeper
+
+    monkeypatch.setattr(keeper, "PROBE_INTERVAL", 3600.0)  # no probe closes it in this test
+
+    async def main() -> None:
+        lim = Limiter(
+            "100/hour", redis=redis_server.url, prefix="inflight:", deny_cache=False, redis_timeout=5.0
+        )
+        assert (await lim.ahit("warm")).allowed
+        store = lim._store
+        assert store is not None
+        redis_server.pause()
+        try:
+            call = asyncio.ensure_future(lim.ahit("k"))
+            for _ in range(50):
+                await asyncio.sleep(0)  # the call is on the wire, waiting for the reply
+            store.trip(StorageError("another caller met a dead node"))
+        finally:
+            redis_server.resume()
+        assert (await call).allowed, "the call in flight still got the store's answer"
+        assert lim.degraded, "and the breaker stays open until a probe and reconciliation"
+        await lim.aclose()
+
+    asyncio.run(main())
