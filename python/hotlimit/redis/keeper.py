@@ -118,11 +118,18 @@ class _Keeper:
     def _run(self) -> None:
         while True:
             time.sleep(TICK)
-            for store in list(self._stores):
-                try:
-                    _tick(store, time.monotonic())
-                except Exception as e:  # pragma: no cover - the keeper must never die
-                    store.report(e)
+            self._tick_all()
+
+    def _tick_all(self) -> None:
+        # In a function of its own: a loop variable in _run would keep the last store ticked
+        # alive while the keeper sleeps, and when no store is left to tick, for good (with its
+        # last error's traceback and whatever connections that held), until the process ends
+        # or another store comes along and its collection lands in unrelated code.
+        for store in list(self._stores):
+            try:
+                _tick(store, time.monotonic())
+            except Exception as e:  # pragma: no cover - the keeper must never die
+                store.report(e)
 
     def after_fork_in_child(self) -> None:
         global MEMBER
