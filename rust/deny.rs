@@ -93,7 +93,7 @@ impl DenyCache {
             return true;
         }
         self.table
-            .with_inserted(key, |e| e.until.load(Ordering::Relaxed) <= clock.now(), write)
+            .with_inserted(key, clock, |e, now| e.until.load(Ordering::Relaxed) <= now, write)
             .is_ok()
     }
 
