@@ -4,9 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::gcra::Gcra;
-use crate::log::SlidingLog;
-use crate::window::{FixedWindow, SlidingWindow};
+pub use crate::registry::Algorithm;
+use crate::registry::Capacity;
 
 pub const MS: u64 = 1_000_000;
 /// The longest period, and the longest a token bucket may run ahead (burst x interval): 100
@@ -14,52 +13,6 @@ pub const MS: u64 = 1_000_000;
 pub const MAX_PERIOD_NS: u64 = 100 * 86_400 * 1_000_000_000;
 /// Longest key, in UTF-8 bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Algorithm {
-    TokenBucket,
-    SlidingWindow,
-    FixedWindow,
-    SlidingLog,
-}
-
-impl Algorithm {
-    pub const NAMES: [&'static str; 4] = ["token_bucket", "sliding_window", "fixed_window", "sliding_log"];
-
-    pub fn parse(name: &str) -> Result<Self, ConfigError> {
-        Ok(match name {
-            "token_bucket" => Algorithm::TokenBucket,
-            "sliding_window" => Algorithm::SlidingWindow,
-            "fixed_window" => Algorithm::FixedWindow,
-            "sliding_log" => Algorithm::SlidingLog,
-            other => {
-                return Err(ConfigError::Argument(format!(
-                    "unknown algorithm {other:?}; expected one of {}",
-                    Self::NAMES.join(", ")
-                )))
-            }
-        })
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Algorithm::TokenBucket => "token_bucket",
-            Algorithm::SlidingWindow => "sliding_window",
-            Algorithm::FixedWindow => "fixed_window",
-            Algorithm::SlidingLog => "sliding_log",
-        }
-    }
-
-    pub fn max_limit(self) -> u64 {
-        match self {
-            // One token per nanosecond at most.
-            Algorithm::TokenBucket => MAX_PERIOD_NS,
-            Algorithm::SlidingWindow => SlidingWindow::MAX_LIMIT,
-            Algorithm::FixedWindow => FixedWindow::MAX_LIMIT,
-            Algorithm::SlidingLog => SlidingLog::MAX_LIMIT,
-        }
-    }
-}
 
 /// What is wrong with a configuration: a rate (limit, period, burst) or another argument.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,16 +73,15 @@ impl Params {
                 o.period_ns / 1_000_000_000
             ));
         }
-        let max = o.algorithm.max_limit();
+        let max = o.algorithm.max_limit;
         if o.limit > max {
             return rate(format!(
                 "limit {} is above the maximum for {} ({max})",
-                o.limit,
-                o.algorithm.name()
+                o.limit, o.algorithm.name
             ));
         }
-        let capacity = match (o.algorithm, o.burst) {
-            (Algorithm::TokenBucket, burst) => {
+        let capacity = match (o.algorithm.capacity, o.burst) {
+            (Capacity::Burst, burst) => {
                 let burst = burst.unwrap_or(o.limit);
                 if burst == 0 {
                     return rate("burst must be at least 1, got 0".into());
@@ -145,8 +97,7 @@ impl Params {
             (_, Some(burst)) if burst != o.limit => {
                 return rate(format!(
                     "burst={burst} applies to token_bucket only; {} takes the limit ({})",
-                    o.algorithm.name(),
-                    o.limit
+                    o.algorithm.name, o.limit
                 ));
             }
             _ => o.limit,
@@ -180,10 +131,6 @@ impl Params {
             sweep_interval: Duration::from_secs_f64(si),
         })
     }
-
-    pub fn gcra(&self) -> Gcra {
-        Gcra::new(self.limit, self.period_ns, self.capacity)
-    }
 }
 
 /// A float as Python prints it (`nan`, `inf`, `0.5`), for messages read by Python users.
@@ -210,6 +157,7 @@ fn default_shards(max_keys: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::find;
 
     fn opts(algorithm: Algorithm, limit: u64, period_ns: u64, burst: Option<u64>) -> Options {
         Options {
@@ -227,16 +175,12 @@ mod tests {
     fn rejects_bad_values_by_name() {
         let s = 1_000_000_000;
         let err = |o| Params::check(&o).unwrap_err().to_string();
-        assert!(err(opts(Algorithm::TokenBucket, 0, s, None)).contains("got 0"));
-        assert!(err(opts(Algorithm::TokenBucket, 1, 1_500_000, None)).contains("1500000 ns"));
-        assert!(err(opts(Algorithm::SlidingLog, 10_001, s, None)).contains("10001"));
-        assert!(err(opts(Algorithm::FixedWindow, 5, s, Some(7))).contains("burst=7"));
-        assert!(err(opts(Algorithm::TokenBucket, 1, MAX_PERIOD_NS, Some(2))).contains("burst 2"));
-        assert!(Algorithm::parse("leaky")
-            .unwrap_err()
-            .to_string()
-            .contains("\"leaky\""));
-        let p = Params::check(&opts(Algorithm::TokenBucket, 100, 60 * s, Some(20))).unwrap();
+        assert!(err(opts(find("token_bucket").unwrap(), 0, s, None)).contains("got 0"));
+        assert!(err(opts(find("token_bucket").unwrap(), 1, 1_500_000, None)).contains("1500000 ns"));
+        assert!(err(opts(find("sliding_log").unwrap(), 10_001, s, None)).contains("10001"));
+        assert!(err(opts(find("fixed_window").unwrap(), 5, s, Some(7))).contains("burst=7"));
+        assert!(err(opts(find("token_bucket").unwrap(), 1, MAX_PERIOD_NS, Some(2))).contains("burst 2"));
+        let p = Params::check(&opts(find("token_bucket").unwrap(), 100, 60 * s, Some(20))).unwrap();
         assert_eq!(p.capacity, 20);
     }
 }

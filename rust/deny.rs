@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use crate::algo::Outcome;
 use crate::clock::Clock;
-use crate::table::{Engine, Full, KeyHash, Table};
+use crate::sweeper::Sweep;
+use crate::table::{KeyHash, Table};
 
 /// One cached denial. The three words are written together under the shard's exclusive lock
 /// on insert, or one after another on overwrite; a reader racing an overwrite may mix two
@@ -102,30 +103,17 @@ impl DenyCache {
     }
 }
 
-impl Engine for DenyCache {
-    fn decide(&self, key: &KeyHash, cost: u64, _commit: bool) -> Result<Outcome, Full> {
-        Ok(self.check(key, cost).unwrap_or(Outcome {
-            allowed: true,
-            remaining: 0,
-            reset_after: 0,
-            retry_after: 0,
-        }))
-    }
-
-    fn reset(&self, key: &KeyHash) -> bool {
-        self.forget(key)
-    }
-
-    fn refund(&self, _key: &KeyHash, _cost: u64) {}
-
-    fn len(&self) -> usize {
+impl DenyCache {
+    pub fn len(&self) -> usize {
         self.table.len()
     }
 
-    fn clock(&self) -> &Clock {
-        &self.clock
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
     }
+}
 
+impl Sweep for DenyCache {
     fn shard_count(&self) -> usize {
         self.table.shard_count()
     }

@@ -4,11 +4,11 @@ pub mod algo;
 pub mod clock;
 pub mod config;
 pub mod deny;
-pub mod gcra;
-pub mod log;
+pub mod engine;
 mod py;
+pub mod registry;
+pub mod sweeper;
 pub mod table;
-pub mod window;
 
 use pyo3::prelude::*;
 
@@ -17,24 +17,19 @@ use pyo3::prelude::*;
 mod _native {
     #[pymodule_export]
     use crate::py::{
-        _after_fork_child, _after_fork_parent, _before_fork, _sweeper_passes, Decision, DenyFront,
-        ManualClock, NativeLimiter, Noop,
+        _after_fork_child, _after_fork_parent, _before_fork, _sweeper_passes, AlgorithmInfo, Decision,
+        DenyFront, ManualClock, NativeLimiter, Noop,
     };
 
     #[pymodule_export]
     const MAX_KEY_BYTES: usize = crate::config::MAX_KEY_BYTES;
-    #[pymodule_export]
-    const SLIDING_LOG_MAX_LIMIT: u64 = crate::log::SlidingLog::MAX_LIMIT;
-    #[pymodule_export]
-    const SLIDING_WINDOW_MAX_LIMIT: u64 = crate::window::SlidingWindow::MAX_LIMIT;
-    #[pymodule_export]
-    const FIXED_WINDOW_MAX_LIMIT: u64 = crate::window::FixedWindow::MAX_LIMIT;
     #[pymodule_export]
     const MAX_PERIOD_NS: u64 = crate::config::MAX_PERIOD_NS;
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         crate::clock::warm_up();
+        m.add("ALGORITHMS", crate::py::algorithms(m.py())?)?;
         m.add("__version__", env!("CARGO_PKG_VERSION"))
     }
 

@@ -13,11 +13,12 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyString};
 
 use crate::algo::Outcome;
 use crate::clock::Clock;
-use crate::config::{py_float, Algorithm, ConfigError, Options, Params, MAX_KEY_BYTES};
+use crate::config::{py_float, ConfigError, Options, Params, MAX_KEY_BYTES};
 use crate::deny::DenyCache;
-use crate::log::SlidingLog;
-use crate::table::{self, hash_key, Engine, Full, KeyHash, LogEngine, WordEngine};
-use crate::window::{FixedWindow, SlidingWindow};
+use crate::engine::Engine;
+use crate::registry;
+use crate::sweeper::{self, Sweep};
+use crate::table::{hash_key, Full, KeyHash};
 
 pyo3::import_exception!(hotlimit._errors, InvalidRateError);
 pyo3::import_exception!(hotlimit._errors, InvalidArgumentError);
@@ -106,6 +107,46 @@ impl Decision {
             self.retry_after
         )
     }
+}
+
+/// One row of the algorithm registry (`hotlimit._native.ALGORITHMS`), as Python reads it.
+#[pyclass(frozen, module = "hotlimit._native")]
+#[derive(Debug)]
+pub struct AlgorithmInfo {
+    /// As users name it: `Limiter(rate, algorithm=name)`.
+    #[pyo3(get)]
+    name: &'static str,
+    /// The Redis script's dispatch code.
+    #[pyo3(get)]
+    code: &'static str,
+    /// The largest limit it counts exactly.
+    #[pyo3(get)]
+    max_limit: u64,
+    /// True if `burst` sets the most one request may cost (else the limit does).
+    #[pyo3(get)]
+    burst: bool,
+    /// True if hybrid mode can give each replica a share of it.
+    #[pyo3(get)]
+    shareable: bool,
+}
+
+#[pymethods]
+impl AlgorithmInfo {
+    fn __repr__(&self) -> String {
+        format!("AlgorithmInfo(name={:?}, code={:?})", self.name, self.code)
+    }
+}
+
+/// The registry's rows, in order (the default first).
+pub fn algorithms(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyTuple>> {
+    let rows = registry::ALGORITHMS.iter().map(|s| AlgorithmInfo {
+        name: s.name,
+        code: s.code,
+        max_limit: s.max_limit,
+        burst: s.capacity == registry::Capacity::Burst,
+        shareable: s.shareable,
+    });
+    pyo3::types::PyTuple::new(py, rows)
 }
 
 /// A clock for tests: time moves only when told to. Share one between limiters to move them
@@ -393,7 +434,7 @@ impl NativeLimiter {
         track: bool,
     ) -> PyResult<Self> {
         let params = Params::check(&Options {
-            algorithm: Algorithm::parse(algorithm)?,
+            algorithm: registry::find(algorithm)?,
             limit,
             period_ns,
             burst,
@@ -411,32 +452,9 @@ impl NativeLimiter {
             }
         };
         let clock = clock.map_or(Clock::Monotonic, |c| c.get().clock.clone());
-        let (shards, max_keys, si) = (params.shards, params.max_keys, params.sweep_interval);
-        let engine: Arc<dyn Engine> = match params.algorithm {
-            Algorithm::TokenBucket => Arc::new(WordEngine::new(params.gcra(), shards, max_keys, clock, si)),
-            Algorithm::FixedWindow => Arc::new(WordEngine::new(
-                FixedWindow::new(params.limit, params.period_ns),
-                shards,
-                max_keys,
-                clock,
-                si,
-            )),
-            Algorithm::SlidingWindow => Arc::new(WordEngine::new(
-                SlidingWindow::new(params.limit, params.period_ns),
-                shards,
-                max_keys,
-                clock,
-                si,
-            )),
-            Algorithm::SlidingLog => Arc::new(LogEngine::new(
-                SlidingLog::new(params.limit, params.period_ns),
-                shards,
-                max_keys,
-                clock,
-                si,
-            )),
-        };
-        table::register(&engine);
+        let engine = (params.algorithm.build)(&params, clock);
+        let swept: Arc<dyn Sweep> = engine.clone();
+        sweeper::register(&swept);
         Ok(NativeLimiter {
             engine,
             params,
@@ -558,7 +576,7 @@ impl NativeLimiter {
 
     #[getter]
     fn algorithm(&self) -> &'static str {
-        self.params.algorithm.name()
+        self.params.algorithm.name
     }
 
     #[getter]
@@ -613,23 +631,23 @@ impl Noop {
 
 #[pyfunction]
 pub fn _before_fork() {
-    table::before_fork();
+    sweeper::before_fork();
 }
 
 #[pyfunction]
 pub fn _after_fork_parent() {
-    table::after_fork_parent();
+    sweeper::after_fork_parent();
 }
 
 #[pyfunction]
 pub fn _after_fork_child() {
-    table::after_fork_child();
+    sweeper::after_fork_child();
 }
 
 /// Completed passes of the background sweeper thread.
 #[pyfunction]
 pub fn _sweeper_passes() -> u64 {
-    table::sweeper_passes()
+    sweeper::sweeper_passes()
 }
 
 /// The front of a shared-store (Redis) limiter: answers requests that a cached denial covers
@@ -733,8 +751,8 @@ impl DenyFront {
         let shards = (max_keys / 4096).clamp(16, 1024).next_power_of_two();
         let cache = Arc::new(DenyCache::new(shards, max_keys, clock, Duration::from_secs(1)));
         if enabled {
-            let engine: Arc<dyn Engine> = cache.clone();
-            table::register(&engine);
+            let swept: Arc<dyn Sweep> = cache.clone();
+            sweeper::register(&swept);
         }
         Ok(DenyFront {
             cache,

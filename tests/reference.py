@@ -134,9 +134,18 @@ class SlidingLog:
         self.log.pop(key, None)
 
 
+#: One model per algorithm, by the name users give it (a test checks these are exactly the
+#: native registry's algorithms).
+MODELS = {
+    "token_bucket": TokenBucket,
+    "sliding_window": SlidingWindow,
+    "fixed_window": FixedWindow,
+    "sliding_log": SlidingLog,
+}
+
+
 def model(algorithm: str, limit: int, period_ns: int, burst: int | None = None):  # type: ignore[no-untyped-def]
-    if algorithm == "token_bucket":
+    cls = MODELS[algorithm]
+    if cls is TokenBucket:
         return TokenBucket(limit, period_ns, burst or limit)
-    return {"fixed_window": FixedWindow, "sliding_window": SlidingWindow, "sliding_log": SlidingLog}[
-        algorithm
-    ](limit, period_ns)
+    return cls(limit, period_ns)

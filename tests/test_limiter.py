@@ -10,6 +10,7 @@ import pytest
 
 import hotlimit
 from hotlimit import (
+    ALGORITHMS,
     MAX_KEY_BYTES,
     CostTypeError,
     Decision,
@@ -23,8 +24,6 @@ from hotlimit import (
     ManualClock,
     Rate,
 )
-
-ALGORITHMS = ["token_bucket", "sliding_window", "fixed_window", "sliding_log"]
 
 
 @pytest.fixture

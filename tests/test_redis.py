@@ -17,6 +17,7 @@ import redis
 
 import hotlimit
 from hotlimit import (
+    ALGORITHMS,
     MAX_KEY_BYTES,
     InvalidArgumentError,
     InvalidCostError,
@@ -27,8 +28,6 @@ from hotlimit import (
     hit_many,
 )
 from tests import servers
-
-ALGORITHMS = ["token_bucket", "sliding_window", "fixed_window", "sliding_log"]
 
 # These tests assert exact shared results: on a loaded CI machine a 50 ms timeout would
 # (correctly) switch some decisions to the local fallback, so they allow two seconds.

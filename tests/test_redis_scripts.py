@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hotlimit import Limiter, ManualClock
+from hotlimit import ALGORITHMS, Limiter, ManualClock
 from tests import servers
 from tests.reference import model
 from tests.test_reference import MS, PERIODS, START, S, ops
@@ -93,7 +93,7 @@ def test_sliding_window_script_large(url: str, limit: int, steps: list) -> None:
     run3(url, "sliding_window", limit, 100 * 86_400 * S, None, steps)
 
 
-@pytest.mark.parametrize("algorithm", ["token_bucket", "fixed_window", "sliding_window", "sliding_log"])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_long_periods_stay_exact(redis_server: servers.Server, algorithm: str) -> None:
     """Days-long periods and gaps: the sliding log moves its base (every ~3.3 days) and every
     offset must stay exact in the script's doubles."""

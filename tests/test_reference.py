@@ -89,3 +89,23 @@ def test_sliding_log_matches_model(limit: int, period: int, steps: list) -> None
 def test_sliding_window_large_limits_match_model(limit: int, steps: list) -> None:  # type: ignore[type-arg]
     """Near the maximum limit and a long period, where the products are largest."""
     run("sliding_window", limit, 100 * 86_400 * S, None, steps)
+
+
+def test_one_model_per_algorithm_of_the_registry() -> None:
+    """The native registry is the only list of algorithms: the reference models, the Python
+    literal type and the Redis script's files all follow it."""
+    import typing
+
+    from hotlimit import ALGORITHMS, Algorithm, _native
+    from hotlimit.redis import script
+    from tests.reference import MODELS
+
+    names = tuple(a.name for a in _native.ALGORITHMS)
+    assert names == ALGORITHMS
+    assert set(MODELS) == set(names)
+    assert set(typing.get_args(Algorithm)) == set(names)
+    assert names == script.ALGORITHM_FILES
+    codes = [a.code for a in _native.ALGORITHMS]
+    assert len(set(codes)) == len(codes)
+    for a in _native.ALGORITHMS:
+        assert f"if algo == '{a.code}' then" in script.SOURCE, a.name

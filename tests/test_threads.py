@@ -6,9 +6,7 @@ import threading
 
 import pytest
 
-from hotlimit import Limiter, ManualClock
-
-ALGORITHMS = ["token_bucket", "sliding_window", "fixed_window", "sliding_log"]
+from hotlimit import ALGORITHMS, Limiter, ManualClock
 
 
 def hammer(limiter: Limiter, keys: list[str], threads: int, attempts: int) -> dict[str, int]:

@@ -21,7 +21,7 @@ from hotlimit._errors import (
     StorageError,
 )
 from hotlimit._native import Decision, ManualClock
-from hotlimit.limiter import Algorithm, Key, Limiter, ahit_many, hit_many
+from hotlimit.limiter import ALGORITHMS, Algorithm, Key, Limiter, ahit_many, hit_many
 from hotlimit.rate import Rate
 
 __version__: str = _native.__version__
@@ -30,6 +30,7 @@ __version__: str = _native.__version__
 MAX_KEY_BYTES: int = _native.MAX_KEY_BYTES
 
 __all__ = [
+    "ALGORITHMS",
     "MAX_KEY_BYTES",
     "Algorithm",
     "CostTypeError",

@@ -23,13 +23,14 @@ from itertools import repeat
 from typing import Any
 
 from hotlimit import _native
+from hotlimit.limiter import ALGORITHMS as _ALGORITHMS
 from hotlimit.limiter import Limiter
 
 __all__ = ["Case", "Result", "cases", "measure", "memory_per_key", "plot", "redis_cases", "run"]
 
 HOT_KEY = "user:000000000042"
 N_KEYS = 100_000
-ALGORITHMS = ("token_bucket", "sliding_window", "fixed_window", "sliding_log")
+ALGORITHMS = _ALGORITHMS
 
 # Rates that keep each algorithm on the path being measured.
 ALLOW_RATE = {

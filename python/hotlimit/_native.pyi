@@ -3,10 +3,23 @@ from typing import Final, final
 
 __version__: Final[str]
 MAX_KEY_BYTES: Final[int]
-SLIDING_LOG_MAX_LIMIT: Final[int]
-SLIDING_WINDOW_MAX_LIMIT: Final[int]
-FIXED_WINDOW_MAX_LIMIT: Final[int]
 MAX_PERIOD_NS: Final[int]
+ALGORITHMS: Final[tuple[AlgorithmInfo, ...]]
+
+@final
+class AlgorithmInfo:
+    """One row of the algorithm registry."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def code(self) -> str: ...
+    @property
+    def max_limit(self) -> int: ...
+    @property
+    def burst(self) -> bool: ...
+    @property
+    def shareable(self) -> bool: ...
 
 @final
 class Decision:

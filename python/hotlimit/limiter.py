@@ -26,13 +26,16 @@ from hotlimit.rate import Rate
 if TYPE_CHECKING:
     from hotlimit.redis.store import RedisStore
 
-__all__ = ["Algorithm", "Key", "Limiter", "ahit_many", "check_one_backend", "hit_many"]
+__all__ = ["ALGORITHMS", "Algorithm", "Key", "Limiter", "ahit_many", "check_one_backend", "hit_many"]
 
+#: The algorithms' names, from the native registry (the default first).
+ALGORITHMS: tuple[str, ...] = tuple(a.name for a in _native.ALGORITHMS)
+#: The same names for type checkers; a test keeps the two equal.
 Algorithm = Literal["token_bucket", "sliding_window", "fixed_window", "sliding_log"]
 Key = str | bytes
 
 _HOT = ("hit", "peek", "allow", "reset", "acquire")
-_CODES = {"token_bucket": "t", "sliding_window": "s", "fixed_window": "f", "sliding_log": "l"}
+_SPECS = {a.name: a for a in _native.ALGORITHMS}
 _NS = 1_000_000_000
 _COST_1 = b"$1\r\n1\r\n"
 
@@ -152,18 +155,19 @@ class Limiter:
 
         rate = self.rate
         algorithm = self.algorithm
-        code = _CODES[algorithm]
+        spec = _SPECS[algorithm]
+        code = spec.code
         period_ms = rate.period_ns // 1_000_000
         if name is None:
             name = f"{code}{rate.limit}/{period_ms}ms"
-            if algorithm == "token_bucket" and rate.burst not in (None, rate.limit):
+            if spec.burst and rate.burst not in (None, rate.limit):
                 name += f"/b{rate.burst}"
         self.name = check_name("name", name)
         self.prefix = check_name("prefix", prefix)
         self._escape = escape
         self._key_head = f"{prefix}{name}:{{"
         emission = -(-rate.period_ns // rate.limit)
-        capacity = self.capacity * emission if algorithm == "token_bucket" else 0
+        capacity = self.capacity * emission if spec.burst else 0
         self._spec: list[str | int] = [code, rate.limit, period_ms, emission, capacity]
         from hotlimit.redis.store import resp
 
@@ -228,10 +232,10 @@ class Limiter:
         self._local_n = 0
         assert self._store is not None
         if hybrid:
-            if self.algorithm == "sliding_log":
+            if not _SPECS[self.algorithm].shareable:
                 raise InvalidArgumentError(
-                    "hybrid mode cannot share the exact sliding log: use sliding_window, or "
-                    "redis mode for sliding_log"
+                    f"hybrid mode cannot share {self.algorithm} between replicas: use "
+                    f"sliding_window, or redis mode for {self.algorithm}"
                 )
             if not self._store.can_sync():
                 raise InvalidArgumentError(
@@ -251,7 +255,7 @@ class Limiter:
         """A local limiter for this replica's share (1/n) of the rate."""
         rate = self.rate
         limit = max(1, rate.limit // n)
-        burst = max(1, self.capacity // n) if self.algorithm == "token_bucket" else None
+        burst = max(1, self.capacity // n) if _SPECS[self.algorithm].burst else None
         return _native.NativeLimiter(
             algorithm=self.algorithm,
             limit=limit,
@@ -901,7 +905,7 @@ def _not_consumed(d: Decision, cost: int, limiter: Limiter) -> Decision:
     if not d.allowed:
         return d
     reset_after = d.reset_after
-    if limiter.algorithm == "token_bucket":
+    if _SPECS[limiter.algorithm].burst:  # a bucket: the cost's intervals come off the reset
         emission = -(-limiter.rate.period_ns // limiter.rate.limit)
         reset_after = max(0.0, (round(reset_after * _NS) - cost * emission) / _NS)
     return Decision(

@@ -1,7 +1,9 @@
 -- Fixed window aligned to the clock. State: "<window number> <count>".
 -- A window is period_ms milliseconds; window w covers [w * period, (w + 1) * period).
--- In: key, t, cost, commit, force, limit, period_ms. Out: allowed, remaining, reset, retry.
+-- In: key, t, cost, commit, force; reads limit and period_ms. Out: allowed, remaining, reset,
+-- retry.
 do
+  local limit, period_ms = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local window = idiv(t.ms, period_ms)
   local until_end = ((window + 1) * period_ms - t.ms) * NS_PER_MS - t.sub
   local count = 0

@@ -2,9 +2,10 @@
 --
 -- ARGV[1], ARGV[2]: the time as whole seconds and nanoseconds, or "" to use the server's TIME
 --   (production always sends ""; only tests inject a time).
--- Then groups, each: mode, op count, and per op six values:
---   algorithm ("t" token bucket, "s" sliding window, "f" fixed window, "l" sliding log),
---   limit, period in ms, emission interval in ns, capacity in ns, cost.
+-- Then groups, each: mode, op count, and per op six values: the algorithm's code (its row of
+--   the native registry), limit, period in ms, emission interval in ns, capacity in ns, cost.
+--   The marker in decide() below becomes an if-chain on the code with one branch per registry row,
+--   that row's file (lua/<name>.lua) spliced in; each file reads the values it needs.
 -- Modes: "h" hit each op, "p" peek each op, "r" reset each op's key, "a" all-or-nothing:
 --   the ops are hit only if every one of them would be allowed (their keys are distinct);
 --   "c" consume each op's cost whatever the limit says (hybrid mode's deltas, and what was
@@ -31,21 +32,7 @@ t.sub = t.n % NS_PER_MS
 local function decide(key, i, commit, force)
   local algo, cost = ARGV[i], tonumber(ARGV[i + 5])
   local allowed, remaining, reset, retry
-  if algo == 't' then
-    local emission, capacity = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
-    --@ token_bucket
-  else
-    local limit, period_ms = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-    if algo == 'f' then
-      --@ fixed_window
-    elseif algo == 's' then
-      --@ sliding_window
-    elseif algo == 'l' then
-      --@ sliding_log
-    else
-      error('hotlimit: unknown algorithm ' .. tostring(algo))
-    end
-  end
+  --@ algorithms
   return allowed, remaining, reset, retry
 end
 

@@ -4,8 +4,10 @@
 -- when the base moves. The base moves forward once offsets pass REBASE_NS, which keeps every
 -- score (at most REBASE_NS + one period) exact in a double.
 
--- In: key, t, cost, commit, force, limit, period_ms. Out: allowed, remaining, reset, retry.
+-- In: key, t, cost, commit, force; reads limit and period_ms. Out: allowed, remaining, reset,
+-- retry.
 do
+  local limit, period_ms = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local REBASE_NS = 2 ^ 48 -- about 3.3 days
   local period = period_ms * NS_PER_MS
   local head = redis.call('ZRANGE', key, 0, 0)

@@ -1,8 +1,10 @@
 -- Sliding window counter. State: "<window number> <previous count> <current count>".
 -- The previous window counts with weight (period - elapsed) / period, elapsed in whole
 -- milliseconds; compared in integers: prev * (P - e) <= (limit - used) * P.
--- In: key, t, cost, commit, force, limit, period_ms. Out: allowed, remaining, reset, retry.
+-- In: key, t, cost, commit, force; reads limit and period_ms. Out: allowed, remaining, reset,
+-- retry.
 do
+  local limit, period_ms = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local window = idiv(t.ms, period_ms)
   local elapsed = t.ms - window * period_ms
   local sub = t.sub

@@ -1,7 +1,8 @@
 -- Token bucket as GCRA. State: "<base second> <TAT in ns after the base second>".
--- In: key, t, cost, commit, force, emission (T) and capacity (burst * T) in ns.
+-- In: key, t, cost, commit, force; reads emission (T) and capacity (burst * T), in ns.
 -- Out: allowed, remaining, reset, retry. Times are ns after the current second t.s.
 do
+  local emission, capacity = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
   local tat = t.n
   local raw = redis.call('GET', key)
   if raw then

@@ -1,5 +1,11 @@
-//! What every algorithm answers, and the contract of the algorithms whose whole per-key state
-//! fits one `u64` (GCRA, fixed window, sliding window counter).
+//! The algorithms, one module each and named as users name them; what every algorithm answers;
+//! and the contract of those whose whole per-key state fits one `u64` (token bucket, fixed
+//! window, sliding window counter). Which algorithms exist is said once, in `registry`.
+
+pub mod fixed_window;
+pub mod sliding_log;
+pub mod sliding_window;
+pub mod token_bucket;
 
 /// One decision, times in nanoseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,8 +9,8 @@ use crate::algo::{Outcome, WordAlgorithm};
 ///
 /// ```
 /// use _native::algo::WordAlgorithm;
-/// use _native::gcra::Gcra;
-/// let g = Gcra::new(10, 1_000_000_000, 2); // 10/s, burst 2: T = 100 ms
+/// use _native::algo::token_bucket::TokenBucket;
+/// let g = TokenBucket::new(10, 1_000_000_000, 2); // 10/s, burst 2: T = 100 ms
 /// let (a, w) = g.step(0, 5_000, 1);
 /// let (b, w) = g.step(w, 5_000, 1);
 /// let (c, _) = g.step(w, 5_000, 1);
@@ -18,18 +18,18 @@ use crate::algo::{Outcome, WordAlgorithm};
 /// assert_eq!(c.retry_after, 100_000_000);
 /// ```
 #[derive(Clone, Copy, Debug)]
-pub struct Gcra {
+pub struct TokenBucket {
     /// Emission interval T = period / limit, rounded up so rounding never admits more.
     emission: u64,
     /// burst * T: how far TAT may run ahead of now.
     capacity: u64,
 }
 
-impl Gcra {
+impl TokenBucket {
     /// `limit`, `period_ns` and `burst` must be validated by the caller (see `config`).
     pub fn new(limit: u64, period_ns: u64, burst: u64) -> Self {
         let emission = period_ns.div_ceil(limit);
-        Gcra {
+        TokenBucket {
             emission,
             capacity: burst * emission,
         }
@@ -40,7 +40,7 @@ impl Gcra {
     }
 }
 
-impl WordAlgorithm for Gcra {
+impl WordAlgorithm for TokenBucket {
     #[inline]
     fn step(&self, word: u64, now: u64, cost: u64) -> (Outcome, u64) {
         let tat = word.max(now);
@@ -98,7 +98,7 @@ mod tests {
 
     #[test]
     fn burst_then_steady_rate() {
-        let g = Gcra::new(10, S, 10);
+        let g = TokenBucket::new(10, S, 10);
         let mut w = 0;
         let now = 1_000 * S;
         for i in 0..10 {
@@ -123,7 +123,7 @@ mod tests {
     #[test]
     fn cost_and_rounding_never_over_admit() {
         // 3/s does not divide a second: T rounds up to 333_333_334 ns.
-        let g = Gcra::new(3, S, 3);
+        let g = TokenBucket::new(3, S, 3);
         assert_eq!(g.emission(), 333_333_334);
         let (o, w) = g.step(0, 10 * S, 3);
         assert!(o.allowed && o.remaining == 0);
