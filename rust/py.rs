@@ -4,7 +4,7 @@
 //! arithmetic is bounded by those checks, and pyo3 turns any panic that slipped through into a
 //! `PanicException` rather than unwinding into the interpreter.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,25 +58,49 @@ fn shown(value: &Bound<'_, PyAny>) -> String {
 /// The outcome of one rate-limit decision. Immutable; true when the request is allowed.
 ///
 /// All durations are in seconds.
-// No `freelist`: measured, pyo3's freelist made `hit` 15 ns slower than CPython's allocator.
-#[pyclass(frozen, eq, module = "hotlimit._native")]
-#[derive(Clone, Debug, PartialEq)]
+///
+/// Python code sees it as immutable, and it is: the fields are atomics only so that a limiter
+/// can refill a Decision that nothing but its own pool references any more (see `Pool`),
+/// which saves allocating and freeing one object per `hit`.
+#[pyclass(frozen, module = "hotlimit._native")]
+#[derive(Debug, Default)]
 pub struct Decision {
-    /// True if the request was admitted (and, for `hit`, consumed).
-    #[pyo3(get)]
-    allowed: bool,
-    /// The rate's limit: requests per period.
-    #[pyo3(get)]
-    limit: u64,
-    /// Units that can still be consumed now.
-    #[pyo3(get)]
-    remaining: u64,
-    /// Seconds until the key is back to its full allowance.
-    #[pyo3(get)]
-    reset_after: f64,
-    /// Seconds until the same request would be allowed; 0.0 when allowed.
-    #[pyo3(get)]
-    retry_after: f64,
+    allowed: AtomicBool,
+    limit: AtomicU64,
+    remaining: AtomicU64,
+    /// f64 bits.
+    reset_after: AtomicU64,
+    /// f64 bits.
+    retry_after: AtomicU64,
+}
+
+impl Decision {
+    fn make(allowed: bool, limit: u64, remaining: u64, reset_after: f64, retry_after: f64) -> Self {
+        let d = Decision::default();
+        d.fill(allowed, limit, remaining, reset_after, retry_after);
+        d
+    }
+
+    /// Relaxed stores: plain moves. Only a Decision no Python code can reach is refilled, and
+    /// the thread doing it holds the GIL (see `Pool`).
+    #[inline]
+    fn fill(&self, allowed: bool, limit: u64, remaining: u64, reset_after: f64, retry_after: f64) {
+        self.allowed.store(allowed, Ordering::Relaxed);
+        self.limit.store(limit, Ordering::Relaxed);
+        self.remaining.store(remaining, Ordering::Relaxed);
+        self.reset_after.store(reset_after.to_bits(), Ordering::Relaxed);
+        self.retry_after.store(retry_after.to_bits(), Ordering::Relaxed);
+    }
+
+    fn fields(&self) -> (bool, u64, u64, f64, f64) {
+        (
+            self.allowed.load(Ordering::Relaxed),
+            self.limit.load(Ordering::Relaxed),
+            self.remaining.load(Ordering::Relaxed),
+            f64::from_bits(self.reset_after.load(Ordering::Relaxed)),
+            f64::from_bits(self.retry_after.load(Ordering::Relaxed)),
+        )
+    }
 }
 
 #[pymethods]
@@ -84,28 +108,118 @@ impl Decision {
     #[new]
     #[pyo3(signature = (*, allowed, limit, remaining, reset_after, retry_after))]
     fn new(allowed: bool, limit: u64, remaining: u64, reset_after: f64, retry_after: f64) -> Self {
-        Decision {
-            allowed,
-            limit,
-            remaining,
-            reset_after,
-            retry_after,
-        }
+        Decision::make(allowed, limit, remaining, reset_after, retry_after)
+    }
+
+    /// True if the request was admitted (and, for `hit`, consumed).
+    #[getter]
+    fn allowed(&self) -> bool {
+        self.allowed.load(Ordering::Relaxed)
+    }
+
+    /// The rate's limit: requests per period.
+    #[getter]
+    fn limit(&self) -> u64 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Units that can still be consumed now.
+    #[getter]
+    fn remaining(&self) -> u64 {
+        self.remaining.load(Ordering::Relaxed)
+    }
+
+    /// Seconds until the key is back to its full allowance.
+    #[getter]
+    fn reset_after(&self) -> f64 {
+        f64::from_bits(self.reset_after.load(Ordering::Relaxed))
+    }
+
+    /// Seconds until the same request would be allowed; 0.0 when allowed.
+    #[getter]
+    fn retry_after(&self) -> f64 {
+        f64::from_bits(self.retry_after.load(Ordering::Relaxed))
     }
 
     fn __bool__(&self) -> bool {
-        self.allowed
+        self.allowed()
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other
+            .cast::<Decision>()
+            .is_ok_and(|o| o.get().fields() == self.fields())
     }
 
     fn __repr__(&self) -> String {
+        let (allowed, limit, remaining, reset_after, retry_after) = self.fields();
         format!(
-            "Decision(allowed={}, limit={}, remaining={}, reset_after={:?}, retry_after={:?})",
-            if self.allowed { "True" } else { "False" },
-            self.limit,
-            self.remaining,
-            self.reset_after,
-            self.retry_after
+            "Decision(allowed={}, limit={limit}, remaining={remaining}, reset_after={reset_after:?}, \
+             retry_after={retry_after:?})",
+            if allowed { "True" } else { "False" },
         )
+    }
+}
+
+/// Decisions a limiter hands out again once no one else holds them.
+///
+/// A `hit` whose caller dropped the previous Decision (the common `if limiter.hit(k):`, or
+/// `d = limiter.hit(k)` in a loop, which drops the one before) gets the same object back,
+/// refilled, instead of a new one. A Decision is refilled only when its reference count is 1,
+/// the pool's own reference: no Python code can reach it (no weak references either: the class
+/// has none), so no one can see it change. The GIL makes that check and the refill one step;
+/// on a free-threaded build the pool is not used.
+#[derive(Debug, Default)]
+struct Pool {
+    slots: [AtomicPtr<pyo3::ffi::PyObject>; 2],
+    next: AtomicUsize,
+}
+
+impl Pool {
+    #[inline]
+    fn emit<'py>(
+        &self,
+        py: Python<'py>,
+        fill: impl Fn(&Decision),
+        make: impl FnOnce() -> Decision,
+    ) -> PyResult<Bound<'py, Decision>> {
+        #[cfg(not(Py_GIL_DISABLED))]
+        for slot in &self.slots {
+            let p = slot.load(Ordering::Relaxed);
+            // SAFETY: a non-null slot holds a strong reference to a Decision, so `p` is alive;
+            // the GIL is held, so no other thread changes its count or the slot meanwhile.
+            if !p.is_null() && unsafe { pyo3::ffi::Py_REFCNT(p) } == 1 {
+                // SAFETY: as above; `from_borrowed_ptr` takes a new reference for the caller.
+                let d = unsafe { Bound::from_borrowed_ptr(py, p).cast_into_unchecked::<Decision>() };
+                fill(d.get());
+                return Ok(d);
+            }
+        }
+        let d = Bound::new(py, make())?;
+        #[cfg(not(Py_GIL_DISABLED))]
+        {
+            let i = self.next.load(Ordering::Relaxed) % self.slots.len();
+            self.next.store(i + 1, Ordering::Relaxed);
+            let old = self.slots[i].swap(d.clone().into_ptr(), Ordering::Relaxed);
+            if !old.is_null() {
+                // SAFETY: the slot's strong reference, given up; the GIL is held.
+                unsafe { pyo3::ffi::Py_DECREF(old) };
+            }
+        }
+        Ok(d)
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        for slot in &self.slots {
+            let p = slot.swap(std::ptr::null_mut(), Ordering::Relaxed);
+            if !p.is_null() {
+                // SAFETY: the slot's strong reference, given up with the GIL held (a limiter is
+                // dropped by Python's deallocator, which holds it already).
+                Python::attach(|py| drop(unsafe { Bound::from_owned_ptr(py, p) }));
+            }
+        }
     }
 }
 
@@ -220,6 +334,7 @@ pub struct NativeLimiter {
     full_events: AtomicU64,
     /// With `track=True`: the units each key consumed since the last `drain`.
     tracker: Option<Tracker>,
+    pool: Pool,
 }
 
 /// Consumption not yet sent to the shared store, per key: hybrid mode's deltas, and what a
@@ -375,13 +490,25 @@ impl NativeLimiter {
 
     #[inline]
     fn decision(&self, o: Outcome) -> Decision {
-        Decision {
-            allowed: o.allowed,
-            limit: self.params.limit,
-            remaining: o.remaining,
-            reset_after: secs(o.reset_after),
-            retry_after: secs(o.retry_after),
-        }
+        Decision::make(
+            o.allowed,
+            self.params.limit,
+            o.remaining,
+            secs(o.reset_after),
+            secs(o.retry_after),
+        )
+    }
+
+    /// `decision(o)` as a Python object, from the pool when one is free.
+    #[inline]
+    fn emit<'py>(&self, py: Python<'py>, o: Outcome) -> PyResult<Bound<'py, Decision>> {
+        let limit = self.params.limit;
+        let (reset_after, retry_after) = (secs(o.reset_after), secs(o.retry_after));
+        self.pool.emit(
+            py,
+            |d| d.fill(o.allowed, limit, o.remaining, reset_after, retry_after),
+            || Decision::make(o.allowed, limit, o.remaining, reset_after, retry_after),
+        )
     }
 
     #[inline]
@@ -461,23 +588,32 @@ impl NativeLimiter {
             on_full,
             full_events: AtomicU64::new(0),
             tracker: track.then(Tracker::new),
+            pool: Pool::default(),
         })
     }
 
     /// Consumes `cost` units for `key` if they are available. Never raises for a denial.
     #[pyo3(signature = (key, cost = None))]
-    fn hit(&self, key: &Bound<'_, PyAny>, cost: Option<&Bound<'_, PyAny>>) -> PyResult<Decision> {
+    fn hit<'py>(
+        &self,
+        key: &Bound<'py, PyAny>,
+        cost: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Decision>> {
         let cost = self.cost(cost)?;
         let hash = key_hash(key)?;
-        Ok(self.decision(self.consume(key, &hash, cost)))
+        self.emit(key.py(), self.consume(key, &hash, cost))
     }
 
     /// What `hit` would answer, consuming nothing.
     #[pyo3(signature = (key, cost = None))]
-    fn peek(&self, key: &Bound<'_, PyAny>, cost: Option<&Bound<'_, PyAny>>) -> PyResult<Decision> {
+    fn peek<'py>(
+        &self,
+        key: &Bound<'py, PyAny>,
+        cost: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Decision>> {
         let cost = self.cost(cost)?;
-        let key = key_hash(key)?;
-        Ok(self.decision(self.decide(&key, cost, false)))
+        let hash = key_hash(key)?;
+        self.emit(key.py(), self.decide(&hash, cost, false))
     }
 
     /// `hit(key, cost).allowed`, without building a Decision.
@@ -688,13 +824,13 @@ impl DenyFront {
         };
         let key = key_hash(key).ok()?;
         let o = self.cache.check(&key, cost)?;
-        Some(Decision {
-            allowed: false,
-            limit: self.limit,
-            remaining: o.remaining,
-            reset_after: secs(o.reset_after),
-            retry_after: secs(o.retry_after),
-        })
+        Some(Decision::make(
+            false,
+            self.limit,
+            o.remaining,
+            secs(o.reset_after),
+            secs(o.retry_after),
+        ))
     }
 
     /// The cached denial as a Decision, else what the store path `f` answers.

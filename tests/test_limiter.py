@@ -70,6 +70,54 @@ def test_decision_is_immutable_and_comparable() -> None:
     assert "allowed=True" in repr(d)
 
 
+def test_a_decision_someone_holds_never_changes() -> None:
+    """hit/peek hand a Decision back to a pool and refill it only once nothing else refers to
+    it. Every way of keeping one (a name, a list, a container, a pending argument, a thread's
+    list) must see the values it was given, never a later decision's."""
+    import gc
+    import weakref
+
+    limiter = Limiter("100/hour")
+    first = limiter.hit("k")
+    second = limiter.hit("k")
+    kept = [limiter.hit("k") for _ in range(5)]
+    peeked = limiter.peek("k")
+    for _ in range(20):
+        limiter.hit("other")  # dropped at once: these are the ones the pool refills
+    assert (first.remaining, second.remaining) == (99, 98)
+    assert [d.remaining for d in kept] == [97, 96, 95, 94, 93]
+    assert peeked.remaining == 92 and peeked.allowed
+    by_id = {id(d): d for d in (first, second, *kept, peeked)}
+    assert len(by_id) == 8, "every Decision still held is a distinct object"
+    with pytest.raises(TypeError):
+        weakref.ref(first)  # no weak references: a pooled Decision cannot be reached that way
+    assert first == Decision(
+        allowed=True, limit=100, remaining=99, reset_after=first.reset_after, retry_after=0.0
+    )
+    gc.collect()
+    assert [d.remaining for d in kept] == [97, 96, 95, 94, 93]
+
+    # Threads: each keeps every Decision of its own key; any refill of a held one would show
+    # as a wrong sequence.
+    per_thread = 2_000
+    shared = Limiter(f"{per_thread}/hour")
+    results: dict[int, list[Decision]] = {}
+
+    def worker(t: int) -> None:
+        mine = [shared.hit(f"t{t}") for _ in range(per_thread)]
+        for _ in range(per_thread):
+            shared.hit(f"noise{t}")
+        results[t] = mine
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for mine in results.values():
+        assert [d.remaining for d in mine] == list(range(per_thread - 1, -1, -1))
+
+
 def test_str_and_bytes_keys_and_unicode(clock: ManualClock) -> None:
     limiter = Limiter("1/second", clock=clock)
     assert limiter.hit("ключ-🔑").allowed
