@@ -340,6 +340,40 @@ def check_url(url: str) -> None:
         raise InvalidArgumentError(f"bad redis URL {_safe_url(url)!r}: {e}") from None
 
 
+class _LoopSide:
+    """One event loop's asyncio client, its lanes (one per slot) and the dedicated
+    connections they hold."""
+
+    __slots__ = ("client", "conns", "finalizer", "lanes", "loop")
+
+    def __init__(self, client: Any, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.client = client
+        self.loop = loop
+        self.lanes: dict[int, _AsyncLane] = {}
+        self.conns: list[Any] = []
+        self.finalizer: weakref.finalize[Any, Any] | None = None
+
+    def drop(self) -> None:
+        """Lets go of the client from outside its event loop (a sync ``close()``, or a new
+        loop finding this one ended). Its connections belong to that loop. If the loop has
+        ended (``asyncio.run()`` returned without ``aclose()``), they can no longer be closed
+        through it, and left to the garbage collector each warns ("loop is closed",
+        "unclosed Connection") inside whatever code runs then: their sockets are closed here.
+        If the loop still runs in another thread, the client closes there."""
+        self.lanes = {}
+        self.conns = []
+        if self.finalizer is not None:
+            self.finalizer.detach()
+            self.finalizer = None
+        loop = self.loop
+        if loop is not None and not loop.is_closed() and loop.is_running():
+            with contextlib.suppress(RuntimeError):
+                asyncio.run_coroutine_threadsafe(self.client.aclose(), loop)
+            return
+        for conn in _async_connections(self.client):
+            _abandon(conn)
+
+
 class RedisStore:
     """Runs hotlimit's script on one Redis deployment, sync and async.
 
@@ -390,10 +424,9 @@ class RedisStore:
         self.next_heartbeat = 0.0
         self._sync_lanes: dict[int, _SyncLane] = {}
         self._sync_conns: list[Any] = []
-        self._async_lanes: dict[int, _AsyncLane] = {}
-        self._async_conns: list[Any] = []
-        self._async_loop: asyncio.AbstractEventLoop | None = None
-        self._async_finalizer: weakref.finalize[Any, Any] | None = None
+        #: The asyncio side, one per event loop that used this store (a client, its lanes and
+        #: dedicated connections belong to one loop); a user's asyncio client under ``None``.
+        self._loops: dict[asyncio.AbstractEventLoop | None, _LoopSide] = {}
 
     # -- clients -----------------------------------------------------------------------------
 
@@ -425,28 +458,41 @@ class RedisStore:
                     self._sync = client
         return self._sync
 
-    def _async_client(self) -> _AsyncClient:
+    def _loop_side(self) -> _LoopSide:
+        """This event loop's client, lanes and connections, made on its first call and kept:
+        one limiter used from loops in several threads keeps one client per loop."""
+        if not self._own_clients:
+            side = self._loops.get(None)
+            if side is None:
+                if self._async is None:
+                    raise InvalidArgumentError(
+                        "this limiter was given a sync redis client: use the sync methods "
+                        "(hit, peek, reset, ...) or pass a URL or a redis.asyncio client"
+                    )
+                side = self._loops[None] = _LoopSide(self._async, None)
+            return side
         loop = asyncio.get_running_loop()
-        if self._async is not None and self._async_loop not in (None, loop) and self._own_clients:
-            # A client made for another event loop cannot be used here: start over.
-            self._drop_async_client()
-        if self._async is None:
-            if self._url is None:
-                raise InvalidArgumentError(
-                    "this limiter was given a sync redis client: use the sync methods "
-                    "(hit, peek, reset, ...) or pass a URL or a redis.asyncio client"
-                )
-            if self._cluster is None:
-                self._cluster = _is_cluster_url(self._url, self._timeout)
-            if self._cluster:
-                self._async = redis.asyncio.RedisCluster.from_url(self._url, **self._client_options())
-            else:
-                self._async = redis.asyncio.Redis.from_url(self._url, **self._client_options())
-            # A limiter dropped without aclose() after its loop ended: the store's end closes
-            # the client's sockets (see _drop_async_client).
-            self._async_finalizer = weakref.finalize(self, _abandon_if_ended, self._async, loop)
-        self._async_loop = loop
-        return self._async
+        side = self._loops.get(loop)
+        if side is not None:
+            return side
+        # A new loop: first let go of the sides of loops that have ended.
+        for old, ended in list(self._loops.items()):
+            if old is not None and old.is_closed():
+                del self._loops[old]
+                ended.drop()
+        assert self._url is not None
+        if self._cluster is None:
+            self._cluster = _is_cluster_url(self._url, self._timeout)
+        client: Any
+        if self._cluster:
+            client = redis.asyncio.RedisCluster.from_url(self._url, **self._client_options())
+        else:
+            client = redis.asyncio.Redis.from_url(self._url, **self._client_options())
+        side = self._loops[loop] = _LoopSide(client, loop)
+        # A store dropped without aclose() after its loop ended: the store's end closes the
+        # client's sockets (see _LoopSide.drop).
+        side.finalizer = weakref.finalize(self, _abandon_if_ended, client, loop)
+        return side
 
     # -- time ----------------------------------------------------------------------------------
 
@@ -531,14 +577,15 @@ class RedisStore:
         return run
 
     def _async_lane(self, slot: int) -> _AsyncLane:
-        client = self._async_client()
-        lane = self._async_lanes.get(slot)
+        side = self._loop_side()
+        lane = side.lanes.get(slot)
         if lane is None:
+            client = side.client
             if isinstance(client, redis.asyncio.RedisCluster):
                 run = self._async_cluster_runner(client)
             else:
-                run = self._async_connection_runner(client)
-            lane = self._async_lanes[slot] = _AsyncLane(run, self._time_args)
+                run = self._async_connection_runner(client, side.conns)
+            lane = side.lanes[slot] = _AsyncLane(run, self._time_args)
         return lane
 
     def _async_cluster_runner(self, client: Any) -> AsyncRunner:
@@ -552,7 +599,7 @@ class RedisStore:
 
         return run
 
-    def _async_connection_runner(self, client: redis.asyncio.Redis) -> AsyncRunner:
+    def _async_connection_runner(self, client: redis.asyncio.Redis, conns: list[Any]) -> AsyncRunner:
         pool: Any = client.connection_pool
         holder: list[Any] = []
 
@@ -566,7 +613,7 @@ class RedisStore:
         async def once(command: bytes) -> list[Any]:
             if not holder:
                 holder.append(await pool.get_connection())
-                self._async_conns.append((pool, holder[0]))
+                conns.append((pool, holder[0]))
             conn = holder[0]
             try:
                 await conn.send_packed_command([command], check_health=False)
@@ -674,12 +721,12 @@ class RedisStore:
         self._lock = threading.Lock()
         self._sync_lanes = {}
         self._sync_conns = []
-        self._async_lanes = {}
-        self._async_conns = []
+        for side in self._loops.values():
+            if side.finalizer is not None:
+                side.finalizer.detach()  # the parent's client: the parent closes it
+        self._loops = {}
         if self._own_clients:
             self._sync = None
-            self._async = None
-            self._detach_async_finalizer()  # the parent's client: the parent closes it
         self.next_heartbeat = 0.0
         for limiter in list(self.limiters):
             limiter._after_fork_in_child()
@@ -692,24 +739,26 @@ class RedisStore:
 
     async def arelease(self, limiter: Limiter) -> None:
         """Async connections belong to the event loop that made them, which may be about to
-        end: they close now (another limiter's next async call makes new ones); the sync side
-        closes with the last limiter."""
+        end: this loop's close now (another limiter's next async call makes new ones); the
+        rest closes with the last limiter."""
         self.limiters.discard(limiter)
-        conns, self._async_conns = self._async_conns, []
-        self._async_lanes = {}
-        for pool, conn in conns:
-            await pool.release(conn)
-        if self._own_clients and self._async is not None:
-            client, self._async = self._async, None
-            self._detach_async_finalizer()
-            await client.aclose()
+        await self._aclose_this_loop()
         if not self.limiters:
             self.close()
 
-    def _detach_async_finalizer(self) -> None:
-        if self._async_finalizer is not None:
-            self._async_finalizer.detach()
-            self._async_finalizer = None
+    async def _aclose_this_loop(self) -> None:
+        key = asyncio.get_running_loop() if self._own_clients else None
+        side = self._loops.pop(key, None)
+        if side is None:
+            return
+        for pool, conn in side.conns:
+            await pool.release(conn)
+        side.conns.clear()
+        side.lanes.clear()
+        if side.finalizer is not None:
+            side.finalizer.detach()
+        if self._own_clients:
+            await side.client.aclose()
 
     def close(self) -> None:
         """Gives back the dedicated connections; closes the clients made from a URL."""
@@ -723,37 +772,11 @@ class RedisStore:
         if self._own_clients and self._sync is not None:
             self._sync.close()
             self._sync = None
-        if self._own_clients and self._async is not None:
-            self._drop_async_client()
-
-    def _drop_async_client(self) -> None:
-        """Lets go of the asyncio client from outside its event loop: a sync ``close()``, or
-        an async call from another loop. Its connections belong to that loop. If the loop has
-        ended (``asyncio.run()`` returned without ``aclose()``), they can no longer be closed
-        through it, and left to the garbage collector each warns ("loop is closed",
-        "unclosed Connection") inside whatever code runs then: their sockets are closed here.
-        If the loop still runs in another thread, the client closes there."""
-        client, loop = self._async, self._async_loop
-        self._async = None
-        self._async_lanes = {}
-        self._async_conns = []
-        self._detach_async_finalizer()
-        if client is None:
-            return
-        if loop is not None and not loop.is_closed() and loop.is_running():
-            with contextlib.suppress(RuntimeError):
-                asyncio.run_coroutine_threadsafe(client.aclose(), loop)
-            return
-        for conn in _async_connections(client):
-            _abandon(conn)
+        sides, self._loops = self._loops, {}
+        for side in sides.values():
+            if self._own_clients:
+                side.drop()
 
     async def aclose(self) -> None:
-        conns, self._async_conns = self._async_conns, []
-        self._async_lanes = {}
-        for pool, conn in conns:
-            await pool.release(conn)
-        if self._own_clients and self._async is not None:
-            client, self._async = self._async, None
-            self._detach_async_finalizer()
-            await client.aclose()
+        await self._aclose_this_loop()
         self.close()
