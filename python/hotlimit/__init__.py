@@ -10,6 +10,7 @@ import os as _os
 
 from hotlimit import _native
 from hotlimit._errors import (
+    ArgumentTypeError,
     CostTypeError,
     HotlimitError,
     InvalidArgumentError,
@@ -32,6 +33,7 @@ MAX_KEY_BYTES: int = _native.MAX_KEY_BYTES
 __all__ = [
     "MAX_KEY_BYTES",
     "Algorithm",
+    "ArgumentTypeError",
     "CostTypeError",
     "Decision",
     "HotlimitError",
