@@ -238,14 +238,43 @@ impl Clock {
         }
     }
 
-    /// Moves a manual clock forward; a no-op on the monotonic clock.
+    /// Moves a manual clock forward, stopping at `u64::MAX` rather than wrapping to the past;
+    /// a no-op on the monotonic clock.
     pub fn advance(&self, ns: u64) {
         if let Clock::Manual(t) = self {
-            t.fetch_add(ns, Ordering::Relaxed);
+            let _ = t.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
+                Some(now.saturating_add(ns))
+            });
         }
     }
 
-    /// Sets a manual clock; a no-op on the monotonic clock.
+    /// Moves a manual clock forward by `ns` if that keeps it at or below `max`; else leaves it
+    /// and returns its time. A no-op on the monotonic clock.
+    pub fn try_advance(&self, ns: u64, max: u64) -> Result<(), u64> {
+        match self {
+            Clock::Manual(t) => t
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
+                    now.checked_add(ns).filter(|&then| then <= max)
+                })
+                .map(|_| ()),
+            Clock::Monotonic => Ok(()),
+        }
+    }
+
+    /// Sets a manual clock to `ns` if that is not before its time; else leaves it and returns
+    /// its time. A no-op on the monotonic clock.
+    pub fn try_set_forward(&self, ns: u64) -> Result<(), u64> {
+        match self {
+            Clock::Manual(t) => t
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
+                    (ns >= now).then_some(ns)
+                })
+                .map(|_| ()),
+            Clock::Monotonic => Ok(()),
+        }
+    }
+
+    /// Sets a manual clock, even backwards; a no-op on the monotonic clock.
     pub fn set(&self, ns: u64) {
         if let Clock::Manual(t) = self {
             t.store(ns, Ordering::Relaxed);
@@ -311,5 +340,21 @@ mod tests {
         assert_eq!(c.now(), 3);
         c.sleep(7);
         assert_eq!(c.now(), 10);
+    }
+
+    #[test]
+    fn manual_never_wraps_nor_goes_back_unless_set() {
+        let c = Clock::manual(u64::MAX - 5);
+        c.advance(10);
+        assert_eq!(c.now(), u64::MAX, "saturates instead of wrapping to the past");
+        let c = Clock::manual(100);
+        assert_eq!(c.try_advance(50, 200), Ok(()));
+        assert_eq!(c.try_advance(51, 200), Err(150));
+        assert_eq!(c.try_advance(u64::MAX, u64::MAX), Err(150), "overflow is refused");
+        assert_eq!(c.now(), 150);
+        assert_eq!(c.try_set_forward(149), Err(150));
+        assert_eq!(c.try_set_forward(150), Ok(()));
+        assert_eq!(c.try_set_forward(170), Ok(()));
+        assert_eq!(c.now(), 170);
     }
 }

@@ -117,7 +117,7 @@ impl Params {
         let si = o.sweep_interval_s;
         if !si.is_finite() || !(0.001..=86_400.0).contains(&si) {
             return Err(ConfigError::Argument(format!(
-                "sweep_interval must be between 0.001 and 86400 seconds, got {}",
+                "sweep_interval must be a number of seconds in [0.001, 86400], got {}",
                 py_float(si)
             )));
         }

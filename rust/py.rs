@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyString};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyString};
 
 use crate::algo::Outcome;
 use crate::clock::Clock;
@@ -22,6 +22,7 @@ use crate::table::{hash_key, Full, KeyHash};
 
 pyo3::import_exception!(hotlimit._errors, InvalidRateError);
 pyo3::import_exception!(hotlimit._errors, InvalidArgumentError);
+pyo3::import_exception!(hotlimit._errors, ArgumentTypeError);
 pyo3::import_exception!(hotlimit._errors, InvalidKeyError);
 pyo3::import_exception!(hotlimit._errors, KeyTypeError);
 pyo3::import_exception!(hotlimit._errors, InvalidCostError);
@@ -42,16 +43,191 @@ fn secs(ns: u64) -> f64 {
     ns as f64 / NS_PER_S
 }
 
-/// A short, safe rendering of a bad value for an error message.
+// -- arguments ------------------------------------------------------------------------------
+//
+// Every argument a Python caller can pass is taken as a Python object and checked here, so that
+// a bad one raises hotlimit's error naming it, never pyo3's TypeError or OverflowError (a value
+// that does not fit a u64, a str where a float is expected). The messages are those of
+// `hotlimit/_check.py`, word for word: Redis mode checks the same calls there.
+
+/// A short, safe rendering of a bad value for an error message (`_check.shown`): its repr, cut
+/// to 60 characters; an int too long for repr is shown by its size.
 fn shown(value: &Bound<'_, PyAny>) -> String {
-    let r = value
-        .repr()
-        .map_or_else(|_| "<unprintable>".to_string(), |r| r.to_string());
+    let r = match value.repr() {
+        Ok(r) => r.to_string(),
+        Err(_) if value.is_instance_of::<PyInt>() => {
+            let bits = value
+                .call_method0("bit_length")
+                .and_then(|b| b.extract::<u64>())
+                .unwrap_or(0);
+            let sign = if value.lt(0).unwrap_or(false) {
+                "negative "
+            } else {
+                ""
+            };
+            return format!("<{sign}int of {bits} bits>");
+        }
+        Err(_) => return "<unprintable>".to_string(),
+    };
     if r.chars().count() > 60 {
         let head: String = r.chars().take(57).collect();
         format!("{head}...")
     } else {
         r
+    }
+}
+
+fn type_name(value: &Bound<'_, PyAny>) -> String {
+    value
+        .get_type()
+        .name()
+        .map_or_else(|_| "?".to_string(), |n| n.to_string())
+}
+
+/// `_check.wrong_type`.
+fn wrong_type(name: &str, what: &str, value: &Bound<'_, PyAny>) -> PyErr {
+    ArgumentTypeError::new_err(format!(
+        "{name} must be {what}, not {}: {}",
+        type_name(value),
+        shown(value)
+    ))
+}
+
+/// An int (not a bool) from `lo` to `hi`: `_check.integer`. `rate` picks InvalidRateError.
+fn int_arg(name: &str, value: &Bound<'_, PyAny>, lo: u64, hi: u64, rate: bool) -> PyResult<u64> {
+    if value.is_instance_of::<PyBool>() || !value.is_instance_of::<PyInt>() {
+        return Err(if rate {
+            InvalidRateError::new_err(format!(
+                "{name} must be an int, got {}: {}",
+                type_name(value),
+                shown(value)
+            ))
+        } else {
+            wrong_type(name, "an int", value)
+        });
+    }
+    match value.extract::<u64>() {
+        Ok(n) if (lo..=hi).contains(&n) => Ok(n),
+        _ => {
+            let m = format!("{name} must be an int from {lo} to {hi}, got {}", shown(value));
+            Err(if rate {
+                InvalidRateError::new_err(m)
+            } else {
+                InvalidArgumentError::new_err(m)
+            })
+        }
+    }
+}
+
+/// A number of seconds (an int or a float, not a bool) in `[lo, hi]`, which `bounds` writes
+/// out: `_check.seconds`. `what` is the expectation; with `none`, None is allowed too (the caller
+/// has handled it). A huge int is out of range, not an OverflowError.
+fn seconds_arg(
+    name: &str,
+    (what, none): (&str, bool),
+    value: &Bound<'_, PyAny>,
+    lo: f64,
+    hi: f64,
+    bounds: &str,
+) -> PyResult<f64> {
+    let x = if value.is_instance_of::<PyBool>() {
+        None
+    } else if value.is_instance_of::<PyInt>() {
+        // Exact for the magnitudes compared here; an int beyond i64 is beyond any bound.
+        Some(value.extract::<i64>().map_or(f64::INFINITY, |n| n as f64))
+    } else if value.is_instance_of::<PyFloat>() {
+        Some(value.extract::<f64>()?)
+    } else {
+        None
+    };
+    let Some(x) = x else {
+        let what = if none {
+            format!("{what} or None")
+        } else {
+            what.to_string()
+        };
+        return Err(wrong_type(name, &what, value));
+    };
+    if !(lo..=hi).contains(&x) {
+        return Err(InvalidArgumentError::new_err(format!(
+            "{name} must be {what} in {bounds}, got {}",
+            shown(value)
+        )));
+    }
+    Ok(x)
+}
+
+const SECONDS: &str = "a number of seconds";
+
+/// The most a ManualClock may read, and the longest `acquire` timeout: 1.8e10 s, about 570
+/// years (so that the clock plus any period or timeout stays far below 2^64 ns).
+const MAX_SECONDS: f64 = 1.8e10;
+const MAX_CLOCK_NS: u64 = 18_000_000_000 * 1_000_000_000;
+
+/// `acquire`'s timeout (`_check.timeout`), in ns; None waits as long as it takes.
+fn timeout_ns(timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>> {
+    match timeout {
+        Some(t) if !t.is_none() => {
+            let s = seconds_arg("timeout", (SECONDS, true), t, 0.0, MAX_SECONDS, "[0, 1.8e10]")?;
+            Ok(Some((s * NS_PER_S).round() as u64))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// An optional argument, None when omitted or given as None.
+fn given<'a, 'py>(v: Option<&'a Bound<'py, PyAny>>) -> Option<&'a Bound<'py, PyAny>> {
+    v.filter(|v| !v.is_none())
+}
+
+/// True or False (`default` when omitted or None).
+fn flag_arg(name: &str, value: Option<&Bound<'_, PyAny>>, default: bool) -> PyResult<bool> {
+    match given(value) {
+        None => Ok(default),
+        Some(v) => Ok(v
+            .cast::<PyBool>()
+            .map_err(|_| wrong_type(name, "True or False", v))?
+            .is_true()),
+    }
+}
+
+/// A ManualClock's clock, or the monotonic clock for None.
+fn clock_arg(clock: Option<&Bound<'_, PyAny>>) -> PyResult<Clock> {
+    match given(clock) {
+        None => Ok(Clock::Monotonic),
+        Some(c) => Ok(c
+            .cast::<ManualClock>()
+            .map_err(|_| wrong_type("clock", "a hotlimit.ManualClock or None", c))?
+            .get()
+            .clock
+            .clone()),
+    }
+}
+
+/// An argument taken as given, checked in the function body; `Default` only when omitted, so
+/// that an explicit None is checked like any other value (pyo3 reads None as an omitted
+/// `Option`: `hit(key, None)` was cost 1 in memory mode and a CostTypeError in Redis mode).
+enum Given<'a, 'py> {
+    Value(Borrowed<'a, 'py, PyAny>),
+    Default,
+}
+
+impl<'a, 'py> Given<'a, 'py> {
+    #[inline]
+    fn get(&self) -> Option<&Bound<'py, PyAny>> {
+        match self {
+            Given::Value(v) => Some(v),
+            Given::Default => None,
+        }
+    }
+}
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Given<'a, 'py> {
+    type Error = std::convert::Infallible;
+
+    #[inline]
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> Result<Self, Self::Error> {
+        Ok(Given::Value(obj))
     }
 }
 
@@ -107,8 +283,24 @@ impl Decision {
 impl Decision {
     #[new]
     #[pyo3(signature = (*, allowed, limit, remaining, reset_after, retry_after))]
-    fn new(allowed: bool, limit: u64, remaining: u64, reset_after: f64, retry_after: f64) -> Self {
-        Decision::make(allowed, limit, remaining, reset_after, retry_after)
+    fn new(
+        allowed: &Bound<'_, PyAny>,
+        limit: &Bound<'_, PyAny>,
+        remaining: &Bound<'_, PyAny>,
+        reset_after: &Bound<'_, PyAny>,
+        retry_after: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        let Ok(allowed) = allowed.cast::<PyBool>() else {
+            return Err(wrong_type("allowed", "True or False", allowed));
+        };
+        let seconds = |name, v| seconds_arg(name, (SECONDS, false), v, 0.0, MAX_SECONDS, "[0, 1.8e10]");
+        Ok(Decision::make(
+            allowed.is_true(),
+            int_arg("limit", limit, 0, u64::MAX, false)?,
+            int_arg("remaining", remaining, 0, u64::MAX, false)?,
+            seconds("reset_after", reset_after)?,
+            seconds("retry_after", retry_after)?,
+        ))
     }
 
     /// True if the request was admitted (and, for `hit`, consumed).
@@ -263,31 +455,45 @@ pub fn algorithms(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyTuple>> {
     pyo3::types::PyTuple::new(py, rows)
 }
 
-/// A clock for tests: time moves only when told to. Share one between limiters to move them
-/// together. Times are seconds on the Unix time scale.
+/// A clock for tests: time moves only when told to, and only forward, up to 1.8e10 s. Share one
+/// between limiters to move them together. Times are seconds on the Unix time scale.
 #[pyclass(frozen, module = "hotlimit._native")]
 #[derive(Debug)]
 pub struct ManualClock {
     clock: Clock,
 }
 
-fn ns_from_secs(name: &str, seconds: f64) -> PyResult<u64> {
-    if !seconds.is_finite() || !(0.0..=1.8e10).contains(&seconds) {
-        return Err(InvalidArgumentError::new_err(format!(
-            "{name} must be a finite number of seconds from 0 to 1.8e10, got {}",
-            py_float(seconds)
-        )));
+/// A time or a step of a ManualClock, in seconds, as nanoseconds.
+fn clock_ns(name: &str, seconds: &Bound<'_, PyAny>) -> PyResult<u64> {
+    let what = if name == "start" { SECONDS } else { "a number" };
+    let s = seconds_arg(name, (what, false), seconds, 0.0, MAX_SECONDS, "[0, 1.8e10]")?;
+    Ok((s * NS_PER_S).round() as u64)
+}
+
+impl ManualClock {
+    /// Moves the clock forward by `ns`, or says why not (`call` names the call and its value).
+    fn forward(&self, ns: u64, call: impl FnOnce() -> String) -> PyResult<()> {
+        self.clock.try_advance(ns, MAX_CLOCK_NS).map_err(|now| {
+            InvalidArgumentError::new_err(format!(
+                "{} would move the clock past its maximum, 1.8e10 s (it is at {} s)",
+                call(),
+                py_float(secs(now))
+            ))
+        })
     }
-    Ok((seconds * NS_PER_S).round() as u64)
 }
 
 #[pymethods]
 impl ManualClock {
     #[new]
-    #[pyo3(signature = (start = 1_700_000_000.0))]
-    fn new(start: f64) -> PyResult<Self> {
+    #[pyo3(signature = (start = Given::Default))]
+    fn new(start: Given<'_, '_>) -> PyResult<Self> {
+        let start_ns = match start.get() {
+            Some(v) => clock_ns("start", v)?,
+            None => 1_700_000_000 * 1_000_000_000,
+        };
         Ok(ManualClock {
-            clock: Clock::manual(ns_from_secs("start", start)?),
+            clock: Clock::manual(start_ns),
         })
     }
 
@@ -301,21 +507,29 @@ impl ManualClock {
         self.clock.now()
     }
 
-    /// Moves time forward by `seconds`.
-    fn advance(&self, seconds: f64) -> PyResult<()> {
-        self.clock.advance(ns_from_secs("seconds", seconds)?);
-        Ok(())
+    /// Moves time forward by `seconds` (an int or a float from 0 to 1.8e10; the clock never
+    /// passes 1.8e10 s).
+    fn advance(&self, seconds: &Bound<'_, PyAny>) -> PyResult<()> {
+        let ns = clock_ns("seconds", seconds)?;
+        self.forward(ns, || format!("advance({})", shown(seconds)))
     }
 
-    /// Moves time forward by `ns` nanoseconds.
-    fn advance_ns(&self, ns: u64) {
-        self.clock.advance(ns);
+    /// Moves time forward by `ns` nanoseconds (an int from 0; the clock never passes 1.8e10 s).
+    fn advance_ns(&self, ns: &Bound<'_, PyAny>) -> PyResult<()> {
+        let n = int_arg("ns", ns, 0, u64::MAX, false)?;
+        self.forward(n, || format!("advance_ns({})", shown(ns)))
     }
 
-    /// Sets the time, in seconds.
-    fn set(&self, seconds: f64) -> PyResult<()> {
-        self.clock.set(ns_from_secs("seconds", seconds)?);
-        Ok(())
+    /// Sets the time, in seconds: now or later (a ManualClock never goes back).
+    fn set(&self, seconds: &Bound<'_, PyAny>) -> PyResult<()> {
+        let ns = clock_ns("seconds", seconds)?;
+        self.clock.try_set_forward(ns).map_err(|now| {
+            InvalidArgumentError::new_err(format!(
+                "set({}) would move the clock back from {} s: a ManualClock only moves forward",
+                shown(seconds),
+                py_float(secs(now))
+            ))
+        })
     }
 }
 
@@ -417,6 +631,10 @@ impl std::fmt::Debug for NativeLimiter {
     }
 }
 
+fn cost_below_one(cost: &Bound<'_, PyAny>) -> PyErr {
+    InvalidCostError::new_err(format!("cost must be at least 1, got {}", shown(cost)))
+}
+
 #[inline]
 fn key_hash(key: &Bound<'_, PyAny>) -> PyResult<KeyHash> {
     let bytes: &[u8] = if let Ok(s) = key.cast::<PyString>() {
@@ -434,9 +652,7 @@ fn key_hash(key: &Bound<'_, PyAny>) -> PyResult<KeyHash> {
     } else {
         return Err(KeyTypeError::new_err(format!(
             "key must be str or bytes, not {}: {}",
-            key.get_type()
-                .name()
-                .map_or_else(|_| "?".to_string(), |n| n.to_string()),
+            type_name(key),
             shown(key)
         )));
     };
@@ -469,17 +685,15 @@ impl NativeLimiter {
         if cost.is_instance_of::<PyBool>() || !cost.is_instance_of::<PyInt>() {
             return Err(CostTypeError::new_err(format!(
                 "cost must be an int, not {}: {}",
-                cost.get_type()
-                    .name()
-                    .map_or_else(|_| "?".to_string(), |n| n.to_string()),
+                type_name(cost),
                 shown(cost)
             )));
         }
-        match cost.extract::<i64>() {
-            Ok(n) if n >= 1 && (n as u64) <= self.params.capacity => Ok(n as u64),
-            Ok(n) if n < 1 => Err(InvalidCostError::new_err(format!(
-                "cost must be at least 1, got {n}"
-            ))),
+        match cost.extract::<u64>() {
+            Ok(n) if n >= 1 && n <= self.params.capacity => Ok(n),
+            // Below 1, however far (-2**64 does not fit a u64 either, but is not "above").
+            Ok(0) => Err(cost_below_one(cost)),
+            Err(_) if cost.lt(0)? => Err(cost_below_one(cost)),
             _ => Err(InvalidCostError::new_err(format!(
                 "cost {} is above this limiter's capacity of {}: it could never be allowed",
                 shown(cost),
@@ -544,41 +758,73 @@ const WAIT_SLICE: Duration = Duration::from_millis(50);
 impl NativeLimiter {
     #[new]
     #[pyo3(signature = (
-        *, algorithm, limit, period_ns, burst = None, max_keys = 1_000_000, shards = None,
-        clock = None, on_full = "deny", sweep_interval = 1.0, track = false
+        *, algorithm, limit, period_ns, burst = None, max_keys = None, shards = None,
+        clock = None, on_full = None, sweep_interval = None, track = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
-        algorithm: &str,
-        limit: u64,
-        period_ns: u64,
-        burst: Option<u64>,
-        max_keys: usize,
-        shards: Option<usize>,
-        clock: Option<&Bound<'_, ManualClock>>,
-        on_full: &str,
-        sweep_interval: f64,
-        track: bool,
+        algorithm: &Bound<'_, PyAny>,
+        limit: &Bound<'_, PyAny>,
+        period_ns: &Bound<'_, PyAny>,
+        burst: Option<&Bound<'_, PyAny>>,
+        max_keys: Option<&Bound<'_, PyAny>>,
+        shards: Option<&Bound<'_, PyAny>>,
+        clock: Option<&Bound<'_, PyAny>>,
+        on_full: Option<&Bound<'_, PyAny>>,
+        sweep_interval: Option<&Bound<'_, PyAny>>,
+        track: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let params = Params::check(&Options {
-            algorithm: registry::find(algorithm)?,
-            limit,
-            period_ns,
-            burst,
-            max_keys,
-            shards,
-            sweep_interval_s: sweep_interval,
-        })?;
-        let on_full = match on_full {
-            "deny" => OnFull::Deny,
-            "allow" => OnFull::Allow,
-            other => {
-                return Err(InvalidArgumentError::new_err(format!(
-                    "on_full must be \"deny\" or \"allow\", got {other:?}"
-                )))
-            }
+        // hotlimit.Limiter has checked all of these already, with the same messages; the checks
+        // here keep this class from raising anything else (OverflowError, ...) when used alone.
+        let name = |what, v: &Bound<'_, PyAny>| -> PyResult<String> {
+            v.cast::<PyString>()
+                .map_err(|_| wrong_type(what, "a str", v))?
+                .to_str()
+                .map(str::to_string)
+                .map_err(|_| {
+                    InvalidArgumentError::new_err(format!("{what} is not valid Unicode: {}", shown(v)))
+                })
         };
-        let clock = clock.map_or(Clock::Monotonic, |c| c.get().clock.clone());
+        let usize_max = usize::MAX as u64;
+        let params = Params::check(&Options {
+            algorithm: registry::find(&name("algorithm", algorithm)?)?,
+            limit: int_arg("limit", limit, 0, u64::MAX, true)?,
+            period_ns: int_arg("period_ns", period_ns, 0, u64::MAX, true)?,
+            burst: given(burst)
+                .map(|b| int_arg("burst", b, 0, u64::MAX, true))
+                .transpose()?,
+            max_keys: given(max_keys)
+                .map_or(Ok(1_000_000), |m| int_arg("max_keys", m, 0, usize_max, false))?
+                as usize,
+            shards: given(shards)
+                .map(|s| int_arg("shards", s, 0, usize_max, false).map(|s| s as usize))
+                .transpose()?,
+            sweep_interval_s: given(sweep_interval).map_or(Ok(1.0), |si| {
+                seconds_arg(
+                    "sweep_interval",
+                    (SECONDS, false),
+                    si,
+                    0.001,
+                    86_400.0,
+                    "[0.001, 86400]",
+                )
+            })?,
+        })?;
+        let on_full = match given(on_full) {
+            None => OnFull::Deny,
+            Some(v) => match name("on_full", v)?.as_str() {
+                "deny" => OnFull::Deny,
+                "allow" => OnFull::Allow,
+                _ => {
+                    return Err(InvalidArgumentError::new_err(format!(
+                        "on_full must be 'deny' or 'allow', got {}",
+                        shown(v)
+                    )))
+                }
+            },
+        };
+        let clock = clock_arg(clock)?;
+        let track = flag_arg("track", track, false)?;
         let engine = (params.algorithm.build)(&params, clock);
         let swept: Arc<dyn Sweep> = engine.clone();
         sweeper::register(&swept);
@@ -593,32 +839,27 @@ impl NativeLimiter {
     }
 
     /// Consumes `cost` units for `key` if they are available. Never raises for a denial.
-    #[pyo3(signature = (key, cost = None))]
-    fn hit<'py>(
-        &self,
-        key: &Bound<'py, PyAny>,
-        cost: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, Decision>> {
+    #[pyo3(signature = (key, cost = Given::Default))]
+    fn hit<'py>(&self, key: &Bound<'py, PyAny>, cost: Given<'_, 'py>) -> PyResult<Bound<'py, Decision>> {
+        let cost = cost.get();
         let cost = self.cost(cost)?;
         let hash = key_hash(key)?;
         self.emit(key.py(), self.consume(key, &hash, cost))
     }
 
     /// What `hit` would answer, consuming nothing.
-    #[pyo3(signature = (key, cost = None))]
-    fn peek<'py>(
-        &self,
-        key: &Bound<'py, PyAny>,
-        cost: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, Decision>> {
+    #[pyo3(signature = (key, cost = Given::Default))]
+    fn peek<'py>(&self, key: &Bound<'py, PyAny>, cost: Given<'_, 'py>) -> PyResult<Bound<'py, Decision>> {
+        let cost = cost.get();
         let cost = self.cost(cost)?;
         let hash = key_hash(key)?;
         self.emit(key.py(), self.decide(&hash, cost, false))
     }
 
     /// `hit(key, cost).allowed`, without building a Decision.
-    #[pyo3(signature = (key, cost = None))]
-    fn allow(&self, key: &Bound<'_, PyAny>, cost: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
+    #[pyo3(signature = (key, cost = Given::Default))]
+    fn allow(&self, key: &Bound<'_, PyAny>, cost: Given<'_, '_>) -> PyResult<bool> {
+        let cost = cost.get();
         let cost = self.cost(cost)?;
         let hash = key_hash(key)?;
         Ok(self.consume(key, &hash, cost).allowed)
@@ -631,8 +872,9 @@ impl NativeLimiter {
 
     /// Gives back `cost` units just consumed by `hit` (used by an all-or-nothing `hit_many`
     /// whose later part was denied).
-    #[pyo3(signature = (key, cost = None))]
-    fn refund(&self, key: &Bound<'_, PyAny>, cost: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+    #[pyo3(signature = (key, cost = Given::Default))]
+    fn refund(&self, key: &Bound<'_, PyAny>, cost: Given<'_, '_>) -> PyResult<()> {
+        let cost = cost.get();
         let cost = self.cost(cost)?;
         self.engine.refund(&key_hash(key)?, cost);
         Ok(())
@@ -647,7 +889,8 @@ impl NativeLimiter {
 
     /// Leaves exactly `available` units for `key` now (hybrid mode's fold of the shared
     /// state). False for the sliding log, or when the table is full.
-    fn set_available(&self, key: &Bound<'_, PyAny>, available: u64) -> PyResult<bool> {
+    fn set_available(&self, key: &Bound<'_, PyAny>, available: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let available = int_arg("available", available, 0, u64::MAX, false)?;
         Ok(self.engine.set_available(&key_hash(key)?, available))
     }
 
@@ -659,21 +902,19 @@ impl NativeLimiter {
     /// Waits until `cost` units can be consumed, then consumes them. With a timeout, gives up
     /// (returning the denial) as soon as it knows the wait would exceed it; never waits past
     /// it. The GIL is released while waiting.
-    #[pyo3(signature = (key, cost = None, timeout = None))]
+    #[pyo3(signature = (key, cost = Given::Default, timeout = None))]
     fn acquire(
         &self,
         py: Python<'_>,
         key: &Bound<'_, PyAny>,
-        cost: Option<&Bound<'_, PyAny>>,
-        timeout: Option<f64>,
+        cost: Given<'_, '_>,
+        timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Decision> {
+        let cost = cost.get();
         let cost = self.cost(cost)?;
         let hash = key_hash(key)?;
         let clock = self.engine.clock();
-        let deadline = match timeout {
-            Some(t) => Some(clock.now().saturating_add(ns_from_secs("timeout", t)?)),
-            None => None,
-        };
+        let deadline = timeout_ns(timeout)?.map(|t| clock.now().saturating_add(t));
         loop {
             let o = self.consume(key, &hash, cost);
             if o.allowed {
@@ -758,8 +999,9 @@ impl Noop {
         Noop
     }
 
-    #[pyo3(signature = (key, cost = None))]
-    fn noop(&self, key: &Bound<'_, PyAny>, cost: Option<&Bound<'_, PyAny>>) -> bool {
+    #[pyo3(signature = (key, cost = Given::Default))]
+    fn noop(&self, key: &Bound<'_, PyAny>, cost: Given<'_, '_>) -> bool {
+        let cost = cost.get();
         let _ = (key, cost);
         true
     }
@@ -868,22 +1110,23 @@ impl DenyFront {
 #[pymethods]
 impl DenyFront {
     #[new]
-    #[pyo3(signature = (*, limit, capacity, miss_hit, miss_peek, enabled = true, max_keys = 65_536, clock = None))]
+    #[pyo3(signature = (*, limit, capacity, miss_hit, miss_peek, enabled = None, max_keys = None, clock = None))]
     fn new(
-        limit: u64,
-        capacity: u64,
+        limit: &Bound<'_, PyAny>,
+        capacity: &Bound<'_, PyAny>,
         miss_hit: Py<PyAny>,
         miss_peek: Py<PyAny>,
-        enabled: bool,
-        max_keys: usize,
-        clock: Option<&Bound<'_, ManualClock>>,
+        enabled: Option<&Bound<'_, PyAny>>,
+        max_keys: Option<&Bound<'_, PyAny>>,
+        clock: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        if max_keys == 0 {
-            return Err(InvalidArgumentError::new_err(
-                "max_keys must be at least 1, got 0",
-            ));
-        }
-        let clock = clock.map_or(Clock::Monotonic, |c| c.get().clock.clone());
+        let limit = int_arg("limit", limit, 1, u64::MAX, true)?;
+        let capacity = int_arg("capacity", capacity, 1, u64::MAX, true)?;
+        let enabled = flag_arg("enabled", enabled, true)?;
+        let max_keys = given(max_keys).map_or(Ok(65_536), |m| {
+            int_arg("max_keys", m, 1, usize::MAX as u64, false)
+        })? as usize;
+        let clock = clock_arg(clock)?;
         let shards = (max_keys / 4096).clamp(16, 1024).next_power_of_two();
         let cache = Arc::new(DenyCache::new(shards, max_keys, clock, Duration::from_secs(1)));
         if enabled {
@@ -916,28 +1159,23 @@ impl DenyFront {
     }
 
     /// `hit`: a cached denial if one covers the request, else the store's answer.
-    #[pyo3(signature = (key, cost = None))]
-    fn hit<'py>(
-        &self,
-        key: &Bound<'py, PyAny>,
-        cost: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    #[pyo3(signature = (key, cost = Given::Default))]
+    fn hit<'py>(&self, key: &Bound<'py, PyAny>, cost: Given<'_, 'py>) -> PyResult<Bound<'py, PyAny>> {
+        let cost = cost.get();
         self.answer(&self.miss_hit, key, cost)
     }
 
     /// `peek`, the same way.
-    #[pyo3(signature = (key, cost = None))]
-    fn peek<'py>(
-        &self,
-        key: &Bound<'py, PyAny>,
-        cost: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    #[pyo3(signature = (key, cost = Given::Default))]
+    fn peek<'py>(&self, key: &Bound<'py, PyAny>, cost: Given<'_, 'py>) -> PyResult<Bound<'py, PyAny>> {
+        let cost = cost.get();
         self.answer(&self.miss_peek, key, cost)
     }
 
     /// `hit(key, cost).allowed`.
-    #[pyo3(signature = (key, cost = None))]
-    fn allow(&self, key: &Bound<'_, PyAny>, cost: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
+    #[pyo3(signature = (key, cost = Given::Default))]
+    fn allow(&self, key: &Bound<'_, PyAny>, cost: Given<'_, '_>) -> PyResult<bool> {
+        let cost = cost.get();
         if self.cached(key, cost).is_some() {
             return Ok(false);
         }
@@ -945,8 +1183,9 @@ impl DenyFront {
     }
 
     /// The cached denial covering this request, or None (for the async paths).
-    #[pyo3(signature = (key, cost = None))]
-    fn check(&self, key: &Bound<'_, PyAny>, cost: Option<&Bound<'_, PyAny>>) -> Option<Decision> {
+    #[pyo3(signature = (key, cost = Given::Default))]
+    fn check(&self, key: &Bound<'_, PyAny>, cost: Given<'_, '_>) -> Option<Decision> {
+        let cost = cost.get();
         self.cached(key, cost)
     }
 
@@ -954,11 +1193,17 @@ impl DenyFront {
     fn record(
         &self,
         key: &Bound<'_, PyAny>,
-        cost: u64,
-        remaining: u64,
-        reset_after_ns: u64,
-        retry_after_ns: u64,
+        cost: &Bound<'_, PyAny>,
+        remaining: &Bound<'_, PyAny>,
+        reset_after_ns: &Bound<'_, PyAny>,
+        retry_after_ns: &Bound<'_, PyAny>,
     ) -> PyResult<bool> {
+        let ns = |name, v| int_arg(name, v, 0, u64::MAX, false);
+        let (cost, remaining) = (ns("cost", cost)?, ns("remaining", remaining)?);
+        let (reset_after_ns, retry_after_ns) = (
+            ns("reset_after_ns", reset_after_ns)?,
+            ns("retry_after_ns", retry_after_ns)?,
+        );
         if !self.enabled {
             return Ok(false);
         }

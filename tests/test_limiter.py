@@ -12,6 +12,7 @@ import hotlimit
 from hotlimit import (
     ALGORITHMS,
     MAX_KEY_BYTES,
+    ArgumentTypeError,
     CostTypeError,
     Decision,
     HotlimitError,
@@ -266,7 +267,7 @@ def test_cost_above_burst_is_an_error_not_a_denial() -> None:
         ({"sweep_interval": math.nan}, InvalidArgumentError, "nan"),
         ({"sweep_interval": math.inf}, InvalidArgumentError, "inf"),
         ({"sweep_interval": 0}, InvalidArgumentError, "got 0"),
-        ({"clock": "now"}, InvalidArgumentError, "'now'"),
+        ({"clock": "now"}, ArgumentTypeError, "'now'"),
         ({"algorithm": "fixed_window", "burst": 7}, InvalidRateError, "burst=7"),
     ],
 )

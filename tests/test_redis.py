@@ -19,6 +19,7 @@ import hotlimit
 from hotlimit import (
     ALGORITHMS,
     MAX_KEY_BYTES,
+    ArgumentTypeError,
     InvalidArgumentError,
     InvalidCostError,
     KeyTypeError,
@@ -145,7 +146,7 @@ def test_bad_input_names_the_value(make_limiter: Make) -> None:
         limiter.hit(7)  # type: ignore[arg-type]
     with pytest.raises(hotlimit.InvalidKeyError, match="above the maximum"):
         limiter.hit("x" * (MAX_KEY_BYTES + 1))
-    with pytest.raises(InvalidArgumentError, match="expected"):
+    with pytest.raises(ArgumentTypeError, match="'not a limiter'"):
         hit_many([("not a limiter", "k")])  # type: ignore[list-item]
 
 
@@ -254,7 +255,7 @@ def test_dead_server_is_reported_not_raised() -> None:
 def test_bad_targets_are_named() -> None:
     with pytest.raises(InvalidArgumentError, match="http://x"):
         Limiter("1/s", redis="http://x", redis_timeout=T)
-    with pytest.raises(InvalidArgumentError, match="int"):
+    with pytest.raises(ArgumentTypeError, match="int"):
         Limiter("1/s", redis=42, redis_timeout=T)
     with pytest.raises(InvalidArgumentError, match="prefix"):
         Limiter("1/s", redis="redis://127.0.0.1:1", prefix="a{b}", redis_timeout=T)

@@ -10,6 +10,7 @@ import os as _os
 
 from hotlimit import _native
 from hotlimit._errors import (
+    ArgumentTypeError,
     CostTypeError,
     HotlimitError,
     InvalidArgumentError,
@@ -33,6 +34,7 @@ __all__ = [
     "ALGORITHMS",
     "MAX_KEY_BYTES",
     "Algorithm",
+    "ArgumentTypeError",
     "CostTypeError",
     "Decision",
     "HotlimitError",

@@ -5,8 +5,9 @@ value also derive from the built-in ``ValueError`` or ``TypeError``, so code tha
 those keeps working::
 
     HotlimitError
-    ├── InvalidRateError      (ValueError)  bad rate string, limit, period or burst
+    ├── InvalidRateError      (ValueError)  bad rate string, limit, period or burst (of any type)
     ├── InvalidArgumentError  (ValueError)  any other bad option or argument (timeout, max_keys, ...)
+    ├── ArgumentTypeError     (TypeError)   such an option or argument of the wrong type
     ├── InvalidKeyError       (ValueError)  key too long, or a str that is not valid Unicode
     ├── KeyTypeError          (TypeError)   key is not str or bytes
     ├── InvalidCostError      (ValueError)  cost below 1 or above the limiter's capacity
@@ -14,12 +15,22 @@ those keeps working::
     ├── StorageError                        Redis failed or timed out (the cause is chained)
     └── RateLimitExceeded                   raised by @limiter.limit(...) only; carries the Decision
 
+The rule, the same in every mode (memory, Redis, hybrid) because every argument is checked
+before any mode-specific code runs: a bad argument raises one of these classes, never a
+built-in ``TypeError``, ``ValueError`` or ``OverflowError``, and the message names the
+parameter and shows the bad value (its ``repr``, cut to 60 characters). A value of the wrong
+type raises a ``TypeError`` subclass; a value of the right type that cannot be used (out of
+range, unknown name), a ``ValueError`` subclass; anything about the rate, an
+``InvalidRateError``. ``True`` and ``False`` are not numbers here: a bool where an int or a
+number of seconds is expected is a wrong type.
+
 A denial is never an exception: ``hit`` returns a ``Decision`` whose ``allowed`` is False.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ArgumentTypeError",
     "CostTypeError",
     "HotlimitError",
     "InvalidArgumentError",
@@ -42,6 +53,10 @@ class InvalidRateError(HotlimitError, ValueError):
 
 class InvalidArgumentError(HotlimitError, ValueError):
     """An option or argument value that cannot be used."""
+
+
+class ArgumentTypeError(HotlimitError, TypeError):
+    """An option or argument of the wrong type (a str or a bool where a number is expected, ...)."""
 
 
 class InvalidKeyError(HotlimitError, ValueError):

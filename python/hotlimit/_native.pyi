@@ -42,7 +42,9 @@ class Decision:
 
 @final
 class ManualClock:
-    """A test clock: time moves only when told to. Seconds on the Unix time scale."""
+    """A test clock: time moves only when told to, and only forward, up to 1.8e10 s. Seconds on
+    the Unix time scale. A bad value, or a move back or past the maximum, raises
+    ``InvalidArgumentError`` / ``ArgumentTypeError`` and leaves the clock as it was."""
 
     def __init__(self, start: float = 1_700_000_000.0) -> None: ...
     def now(self) -> float: ...

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import threading
 import time
@@ -12,8 +11,9 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from hotlimit import _native
+from hotlimit import _check, _native
 from hotlimit._errors import (
+    ArgumentTypeError,
     CostTypeError,
     InvalidArgumentError,
     InvalidCostError,
@@ -21,7 +21,8 @@ from hotlimit._errors import (
     StorageError,
 )
 from hotlimit._native import Decision, ManualClock
-from hotlimit.rate import Rate
+from hotlimit.rate import Rate, _positive_int
+from hotlimit.redis.keys import check_name, escape
 
 if TYPE_CHECKING:
     from hotlimit.redis.store import RedisStore
@@ -108,16 +109,38 @@ class Limiter:
         on_redis_error: Literal["fallback", "allow", "deny"] = "fallback",
         on_error: Callable[[BaseException], object] | None = None,
     ) -> None:
+        # Every argument is checked here, before anything that depends on the mode: a bad one
+        # raises the same error in memory, Redis and hybrid mode (the Redis options too, so
+        # that a bad one fails alike with or without REDIS_URL).
         rate = Rate.coerce(rate)
         if burst is not None:
+            burst = _positive_int("burst", burst)
             if rate.burst is not None and rate.burst != burst:
                 raise InvalidRateError(f"burst={burst} conflicts with the rate's own burst ({rate})")
             rate = rate.with_burst(burst)
-        for option, value in (("max_keys", max_keys), ("shards", shards)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise InvalidArgumentError(f"{option} must be a positive int, got {value!r}")
+        _check.choice("algorithm", algorithm, ALGORITHMS)
+        _check.integer("max_keys", max_keys, 1, 2**64 - 1, "2**64 - 1")
+        _check.choice("on_full", on_full, ("deny", "allow"))
+        _check.seconds("sweep_interval", sweep_interval, 0.001, 86_400, "[0.001, 86400]")
         if clock is not None and not isinstance(clock, ManualClock):
-            raise InvalidArgumentError(f"clock must be a hotlimit.ManualClock or None, got {clock!r}")
+            raise _check.wrong_type("clock", "a hotlimit.ManualClock or None", clock)
+        if shards is not None:
+            if isinstance(shards, bool) or not isinstance(shards, int):
+                raise _check.wrong_type("shards", "an int or None", shards)
+            if not 1 <= shards <= 65_536 or shards & (shards - 1):
+                raise InvalidArgumentError(
+                    f"shards must be a power of two from 1 to 65536, got {_check.shown(shards)}"
+                )
+        _check.seconds("redis_timeout", redis_timeout, 0, 60, "(0, 60]", lo_open=True)
+        check_name("prefix", prefix)
+        if name is not None:
+            check_name("name", name)
+        _check.flag("deny_cache", deny_cache)
+        _check.flag("hybrid", hybrid, none=True)
+        _check.seconds("sync_interval", sync_interval, 0.001, 60, "[0.001, 60]")
+        _check.choice("on_redis_error", on_redis_error, ("fallback", "allow", "deny"))
+        if on_error is not None and not callable(on_error):
+            raise _check.wrong_type("on_error", "callable or None", on_error)
         self.rate = rate
         self._clock = clock
         self._native = _native.NativeLimiter(
@@ -151,8 +174,6 @@ class Limiter:
         self._bind_async(self._native)
 
     def _init_redis(self, target: object, timeout: float, prefix: str, name: str | None, deny: bool) -> None:
-        from hotlimit.redis.keys import check_name, escape
-
         rate = self.rate
         algorithm = self.algorithm
         spec = _SPECS[algorithm]
@@ -162,9 +183,8 @@ class Limiter:
             name = f"{code}{rate.limit}/{period_ms}ms"
             if spec.burst and rate.burst not in (None, rate.limit):
                 name += f"/b{rate.burst}"
-        self.name = check_name("name", name)
-        self.prefix = check_name("prefix", prefix)
-        self._escape = escape
+        self.name = name
+        self.prefix = prefix
         self._key_head = f"{prefix}{name}:{{"
         emission = -(-rate.period_ns // rate.limit)
         capacity = self.capacity * emission if spec.burst else 0
@@ -173,8 +193,6 @@ class Limiter:
 
         self._resp = resp
         self._frags = {mode: resp([mode, 1, *self._spec]) for mode in "hpr"}
-        if not isinstance(deny, bool):
-            raise InvalidArgumentError(f"deny_cache must be True or False, got {deny!r}")
         self._store = _store_for(target, timeout, self._clock)
 
         # Cached denials are answered natively; everything else comes back here. The front
@@ -206,18 +224,6 @@ class Limiter:
         hybrid: bool,
         sync_interval: float,
     ) -> None:
-        if on_redis_error not in ("fallback", "allow", "deny"):
-            raise InvalidArgumentError(
-                f'on_redis_error must be "fallback", "allow" or "deny", got {on_redis_error!r}'
-            )
-        if on_error is not None and not callable(on_error):
-            raise InvalidArgumentError(f"on_error must be callable or None, got {on_error!r}")
-        if (
-            isinstance(sync_interval, bool)
-            or not isinstance(sync_interval, int | float)
-            or not 0.001 <= sync_interval <= 60
-        ):
-            raise InvalidArgumentError(f"sync_interval must be seconds in [0.001, 60], got {sync_interval!r}")
         self._on_redis_error = on_redis_error
         self._constant = _Constant(self, allowed=on_redis_error == "allow")  # "allow" / "deny"
         self._on_error = on_error
@@ -434,19 +440,26 @@ class Limiter:
     # -- the Redis path ---------------------------------------------------------------------
 
     def _cost(self, cost: object) -> int:
+        # The native core's checks and messages (rust/py.rs, NativeLimiter::cost), word for word.
         if isinstance(cost, bool) or not isinstance(cost, int):
-            raise CostTypeError(f"cost must be an int, not {type(cost).__name__}: {cost!r:.80}")
+            raise CostTypeError(f"cost must be an int, not {_check.type_name(cost)}: {_check.shown(cost)}")
         if cost < 1:
-            raise InvalidCostError(f"cost must be at least 1, got {cost}")
+            raise InvalidCostError(f"cost must be at least 1, got {_check.shown(cost)}")
         if cost > self.capacity:
             raise InvalidCostError(
-                f"cost {cost} is above this limiter's capacity of {self.capacity}: it could never be allowed"
+                f"cost {_check.shown(cost)} is above this limiter's capacity of {self.capacity}: "
+                "it could never be allowed"
             )
         return cost
 
     def redis_key(self, key: Key) -> str:
-        """The Redis key holding ``key``'s state (Redis mode)."""
-        return self._key_head + self._escape(key) + "}"
+        """The Redis key holding ``key``'s state (Redis and hybrid mode)."""
+        escaped = escape(key)
+        if self._store is None:
+            raise InvalidArgumentError(
+                f"redis_key({_check.shown(key)}): this limiter keeps its state in memory, not in Redis"
+            )
+        return self._key_head + escaped + "}"
 
     def _decision(self, r: Sequence[int], at: int = 0) -> Decision:
         return Decision(
@@ -581,7 +594,7 @@ class Limiter:
         return self._native.acquire(key, cost, timeout)
 
     def _redis_acquire(self, key: Key, cost: int, timeout: float | None) -> Decision:
-        deadline = self._deadline(timeout)
+        deadline = self._deadline(key, cost, timeout)
         while True:
             d = self.hit(key, cost)
             if d.allowed:
@@ -594,22 +607,20 @@ class Limiter:
             else:
                 threading.Event().wait(wait)
 
-    def _deadline(self, timeout: float | None) -> float | None:
-        if timeout is not None and (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or not math.isfinite(timeout)
-            or timeout < 0
-        ):
-            raise InvalidArgumentError(f"timeout must be a finite number of seconds >= 0, got {timeout!r}")
-        return None if timeout is None else self._native.now() + timeout
+    def _deadline(self, key: Key, cost: int, timeout: float | None) -> float | None:
+        """Checks acquire's arguments, in the native acquire's order (cost, key, timeout), and
+        returns the deadline on the limiter's clock."""
+        self._cost(cost)
+        _check.key_bytes(key)
+        t = _check.timeout(timeout)
+        return None if t is None else self._native.now() + t
 
     def hit_many(self, requests: Iterable[tuple[Key, int] | Key]) -> list[Decision]:
         """Several keys of this limiter, all-or-nothing: see :func:`hotlimit.hit_many`."""
-        return hit_many([(self, *_pair(r)) for r in requests])
+        return hit_many([(self, *_pair(r)) for r in _requests(requests, "keys or (key, cost) pairs")])
 
     async def ahit_many(self, requests: Iterable[tuple[Key, int] | Key]) -> list[Decision]:
-        return await ahit_many([(self, *_pair(r)) for r in requests])
+        return await ahit_many([(self, *_pair(r)) for r in _requests(requests, "keys or (key, cost) pairs")])
 
     # -- asyncio twins ----------------------------------------------------------------------
 
@@ -648,7 +659,7 @@ class Limiter:
 
     async def aacquire(self, key: Key, cost: int = 1, timeout: float | None = None) -> Decision:
         """Async ``acquire``: waits with ``asyncio.sleep``, so the event loop keeps running."""
-        deadline = self._deadline(timeout)
+        deadline = self._deadline(key, cost, timeout)
         while True:
             d = await self.ahit(key, cost)
             if d.allowed:
@@ -691,10 +702,21 @@ class Limiter:
 
         from hotlimit._errors import RateLimitExceeded
 
+        # Checked now, not at the first call, in the order hit and acquire check them.
         self._cost(cost)
+        if key is not None and not callable(key):
+            _check.key_bytes(key)
+        _check.flag("wait", wait)
+        _check.timeout(timeout)
 
         def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-            fixed = f"fn:{fn.__module__}.{fn.__qualname__}" if key is None else key
+            if not callable(fn):
+                raise _check.wrong_type("the decorated object", "a function", fn)
+            if key is None:  # a partial or a callable object has no __qualname__ of its own
+                name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+                fixed: Key | Callable[..., Key] = f"fn:{getattr(fn, '__module__', None)}.{name}"
+            else:
+                fixed = key
 
             def key_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Key:
                 k = fixed(*args, **kwargs) if callable(fixed) else fixed
@@ -818,6 +840,7 @@ class _Constant:
 
     def hit(self, key: Key, cost: object = 1) -> Decision:
         self._limiter._cost(cost)
+        _check.key_bytes(key)
         from hotlimit.redis.keeper import PROBE_INTERVAL
 
         return Decision(
@@ -837,11 +860,21 @@ class _Constant:
         """Nothing was consumed (hit_many rolls back through this)."""
 
 
+def _requests(requests: object, what: str) -> Iterable[Any]:
+    """hit_many's argument: any iterable but a single str or bytes (a key, not keys)."""
+    if isinstance(requests, str | bytes):
+        raise _check.wrong_type("requests", f"an iterable of {what}, not one key", requests)
+    try:
+        return iter(requests)  # type: ignore[call-overload, no-any-return]
+    except TypeError:
+        raise _check.wrong_type("requests", f"an iterable of {what}", requests) from None
+
+
 def _pair(r: tuple[Key, int] | Key) -> tuple[Key, int]:
     if isinstance(r, str | bytes):
         return r, 1
     if not isinstance(r, tuple) or len(r) != 2:
-        raise InvalidArgumentError(f"expected a key or a (key, cost) pair, got {r!r:.80}")
+        raise ArgumentTypeError(f"requests must hold keys or (key, cost) pairs, got {_check.shown(r)}")
     return r[0], r[1]
 
 
@@ -854,13 +887,14 @@ def _merged(requests: Iterable[Any]) -> tuple[list[_Item], list[int]]:
     items: list[_Item] = []
     where: list[int] = []
     seen: dict[tuple[int, object], int] = {}
-    for r in requests:
+    for r in _requests(requests, "(limiter, key) or (limiter, key, cost) tuples"):
         if not isinstance(r, tuple) or len(r) not in (2, 3) or not isinstance(r[0], Limiter):
-            raise InvalidArgumentError(f"expected (limiter, key) or (limiter, key, cost), got {r!r:.80}")
+            raise ArgumentTypeError(
+                f"requests must hold (limiter, key) or (limiter, key, cost) tuples, got {_check.shown(r)}"
+            )
         limiter, key = r[0], r[1]
         cost = limiter._cost(r[2] if len(r) == 3 else 1)
-        if not isinstance(key, str | bytes):
-            limiter.peek(key)  # raises the usual, precise error
+        _check.key_bytes(key)  # the error hit would raise, in every mode
         ident = (id(limiter), key)
         if ident in seen:
             i = seen[ident]

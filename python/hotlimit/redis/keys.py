@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 
-from hotlimit._errors import InvalidArgumentError, InvalidKeyError, KeyTypeError
-from hotlimit._native import MAX_KEY_BYTES
+from hotlimit._check import key_bytes, shown, wrong_type
+from hotlimit._errors import InvalidArgumentError
 
 __all__ = ["check_name", "escape"]
 
@@ -22,20 +22,9 @@ _NAME = re.compile(r"[\x21-\x7a\x7c\x7e]+")  # printable ASCII without { }
 
 
 def escape(key: object) -> str:
-    """The client key as it appears inside the hash tag."""
-    if isinstance(key, str):
-        try:
-            raw = key.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidKeyError(f"key {key!r} cannot be encoded as UTF-8 (lone surrogate)") from None
-    elif isinstance(key, bytes):
-        raw = key
-    else:
-        raise KeyTypeError(f"key must be str or bytes, not {type(key).__name__}: {key!r}")
-    if len(raw) > MAX_KEY_BYTES:
-        raise InvalidKeyError(
-            f"key is {len(raw)} bytes long, above the maximum of {MAX_KEY_BYTES}: {key[:40]!r}..."
-        )
+    """The client key as it appears inside the hash tag. A bad key raises the error the native
+    core raises for it in memory mode (the same class and message)."""
+    raw = key_bytes(key)
     if _PLAIN.fullmatch(raw):
         return raw.decode("ascii")
     return "".join(chr(b) if _PLAIN.fullmatch(bytes((b,))) else _HEX[b] for b in raw)
@@ -43,8 +32,9 @@ def escape(key: object) -> str:
 
 def check_name(what: str, value: object) -> str:
     """A prefix or policy name: printable ASCII without braces (they would move the tag)."""
-    if not isinstance(value, str) or not _NAME.fullmatch(value):
-        raise InvalidArgumentError(
-            f"{what} must be a non-empty string of printable ASCII without spaces or braces, got {value!r}"
-        )
+    expected = "a non-empty string of printable ASCII without spaces or braces"
+    if not isinstance(value, str):
+        raise wrong_type(what, expected, value)
+    if not _NAME.fullmatch(value):
+        raise InvalidArgumentError(f"{what} must be {expected}, got {shown(value)}")
     return value

@@ -29,6 +29,7 @@ from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
+from hotlimit._check import seconds, wrong_type
 from hotlimit._errors import InvalidArgumentError, StorageError
 from hotlimit._native import ManualClock
 from hotlimit.redis.script import SHA, SOURCE
@@ -385,9 +386,7 @@ class RedisStore:
     """
 
     def __init__(self, target: object, *, timeout: float = 0.05, clock: ManualClock | None = None) -> None:
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 60:
-            raise InvalidArgumentError(f"redis timeout must be seconds in (0, 60], got {timeout!r}")
-        self._timeout = float(timeout)
+        self._timeout = seconds("redis_timeout", timeout, 0, 60, "(0, 60]", lo_open=True)
         self._clock = clock
         self._url: str | None = None
         self._sync: _SyncClient | None = None
@@ -409,9 +408,7 @@ class RedisStore:
             self._async = target
             self._cluster = isinstance(target, redis.asyncio.RedisCluster)
         else:
-            raise InvalidArgumentError(
-                f"redis must be a URL or a redis-py client, got {type(target).__name__}: {target!r:.80}"
-            )
+            raise wrong_type("redis", "a URL or a redis-py client", target)
         self._lock = threading.Lock()
         from hotlimit.redis.keeper import Breaker
 
