@@ -23,7 +23,7 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from hotlimit import (
@@ -203,12 +203,14 @@ def checked(call: Callable[[], object], args: dict[str, Any]) -> object:
     period=either(st.floats(0.001, 10) | st.integers(1, 10)),
     burst=either(st.none()),
 )
+@example(limit=1, period=2**1100, burst=None)
 def test_rate_constructor(limit: object, period: object, burst: object) -> None:
     checked(lambda: Rate(limit, period, burst), {"limit": limit, "period": period, "burst": burst})  # type: ignore[arg-type]
 
 
 @FUZZ
 @given(text=rate_texts)
+@example(text="10/s; burst=¹")
 def test_rate_parse(text: object) -> None:
     checked(lambda: Rate.parse(text), {"text": text})  # type: ignore[arg-type]
 
@@ -235,12 +237,22 @@ OPTIONS: dict[str, st.SearchStrategy[Any]] = {
 }
 
 
+options = st.lists(st.sampled_from(sorted(OPTIONS)), min_size=1, max_size=3, unique=True).flatmap(
+    lambda names: st.fixed_dictionaries({n: either(OPTIONS[n]) for n in names})
+)
+
+
 @FUZZ
-@given(rate=st.one_of(GOOD_RATES, GOOD_RATES, rate_texts), data=st.data())
-def test_limiter_constructor(rate: object, data: st.DataObject) -> None:
-    kwargs: dict[str, Any] = {"redis": False}
-    for name in data.draw(st.lists(st.sampled_from(sorted(OPTIONS)), min_size=1, max_size=3, unique=True)):
-        kwargs[name] = data.draw(either(OPTIONS[name]), label=name)
+@given(rate=st.one_of(GOOD_RATES, GOOD_RATES, rate_texts), options=options)
+# The cases, tried on every run whatever the draw.
+@example(rate="99999999999999999999999/s", options={})
+@example(rate="10/s; burst=¹", options={})
+@example(rate="10/s", options={"burst": 2**64})
+@example(rate="10/s", options={"max_keys": 2**64})
+@example(rate="10/s", options={"algorithm": None})
+@example(rate="10/s", options={"sweep_interval": "1"})
+def test_limiter_constructor(rate: object, options: dict[str, Any]) -> None:
+    kwargs = {"redis": False, **options}
     result = checked(lambda: Limiter(rate, **kwargs), {"rate": rate, **kwargs})  # type: ignore[arg-type]
     if isinstance(result, Limiter):
         result.close()
@@ -276,6 +288,9 @@ def _calls(
 
 @FUZZ
 @given(key=keys, cost=costs, timeout=timeouts)
+@example(key="k", cost=-(2**64), timeout=None)
+@example(key="k", cost=1, timeout="1")
+@example(key="k", cost=1, timeout=2**1100)
 def test_decision_calls(memory: Limiter, key: object, cost: object, timeout: object) -> None:
     for _, call, args in _calls(memory, key, cost, timeout):
         checked(call, args)
@@ -348,6 +363,7 @@ MAX_NS = 18_000_000_000 * 10**9
         max_size=4,
     ),
 )
+@example(start=1_700_000_000.0, steps=[("advance_ns", 2**64 - 1)])  # wrapped to the past
 def test_manual_clock(start: object, steps: list[tuple[str, object]]) -> None:
     clock = checked(lambda: ManualClock(start), {"start": start})  # type: ignore[arg-type]
     if not isinstance(clock, ManualClock):
@@ -417,6 +433,9 @@ def _outcome(call: Callable[[], object], args: dict[str, Any]) -> tuple[type, st
 
 @FUZZ
 @given(key=keys, cost=costs, timeout=timeouts)
+@example(key="k", cost=1, timeout=True)  # memory mode took it, Redis mode refused it
+@example(key="k", cost=None, timeout=None)  # cost 1, except in Redis mode's async calls
+@example(key="k", cost=1, timeout=1e11)  # memory mode refused it, Redis mode took it
 def test_redis_and_hybrid_calls_match_memory_mode(
     shared: Sequence[Limiter], key: object, cost: object, timeout: object
 ) -> None:
