@@ -131,7 +131,7 @@ def cases(n_keys: int = N_KEYS, peers: bool = True, algorithms: tuple[str, ...] 
     """Every workload: hot key and ``n_keys`` round-robin, allowed and denied paths."""
     many = _keys(n_keys)
     hot = [HOT_KEY]
-    noop = _native.Noop().noop
+    noop = _native._Noop().noop
     out: list[Case] = []
     for keys, where in ((hot, "hot key"), (many, f"{n_keys // 1000}k keys")):
         for path in ("allowed", "denied"):
