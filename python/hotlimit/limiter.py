@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -38,6 +39,10 @@ Key = str | bytes
 _HOT = ("hit", "peek", "allow", "reset", "acquire")
 _SPECS = {a.name: a for a in _native.ALGORITHMS}
 _NS = 1_000_000_000
+#: Keys a hybrid flush sends at most (the rest wait for the next flush): bounds how long one
+#: flush holds the GIL draining the local table, however many keys are active.
+FLUSH_KEYS = 16_384
+_log = logging.getLogger("hotlimit")
 _COST_1 = b"$1\r\n1\r\n"
 
 # Limiters built from the same URL (and timeout, and test clock) share one store, so their
@@ -230,6 +235,7 @@ class Limiter:
         self._sync_interval = float(sync_interval)
         self._next_flush = 0.0
         self._pending: dict[Key, int] = {}
+        self._lost_reported = 0
         self._pending_lock = threading.Lock()
         self._flush_lock = threading.Lock()  # one flush at a time: never send a delta twice
         self._fallback_lock = threading.Lock()
@@ -314,10 +320,12 @@ class Limiter:
         if old is not None:
             self._collect(old)
 
-    def _collect(self, native: _native.NativeLimiter | None) -> None:
+    def _collect(self, native: _native.NativeLimiter | None, limit: int | None = None) -> None:
+        """Moves (at most ``limit`` keys of) a tracking native limiter's consumption into
+        ``_pending``, where it waits to be sent."""
         if native is None:
             return
-        drained = native.drain()
+        drained = native.drain(limit)
         if drained:
             with self._pending_lock:
                 for key, units in drained:
@@ -360,15 +368,25 @@ class Limiter:
             return fb.hit(key, cost) if mode == "h" else fb.peek(key, cost)
         return self._constant.hit(key, cost)
 
-    def _consume_ops(self, items: list[tuple[Key, int]]) -> list[int]:
-        """Adds each key's units to Redis whatever the limit says; returns what each key has
-        left. Raises StorageError."""
+    def _send_pending(self) -> list[tuple[Key, int, int]]:
+        with self._flush_lock:
+            return self._send_pending_locked()
+
+    def _send_pending_locked(self) -> list[tuple[Key, int, int]]:
+        """Adds each pending key's units to Redis whatever the limit says; returns
+        ``(key, units, units left)`` for each. Raises StorageError; the units of every script
+        call that succeeded before it are sent once and no longer pending (only the failed
+        call's are sent again later)."""
         assert self._store is not None
+        with self._pending_lock:
+            items = list(self._pending.items())
+        if not items:
+            return []
         groups: dict[int, list[int]] = {}
         keys = [self.redis_key(k) for k, _ in items]
         for i, rk in enumerate(keys):
             groups.setdefault(self._store.slot([rk]), []).append(i)
-        left = [0] * len(items)
+        sent: list[tuple[Key, int, int]] = []
         for idx in groups.values():
             for start in range(0, len(idx), 256):
                 chunk = idx[start : start + 256]
@@ -376,33 +394,27 @@ class Limiter:
                 for i in chunk:
                     args += [*self._spec, items[i][1]]
                 r = self._store.call([keys[i] for i in chunk], args, len(chunk))
-                for j, i in enumerate(chunk):
-                    left[i] = r[4 * j + 1]
-        return left
+                with self._pending_lock:
+                    for j, i in enumerate(chunk):
+                        key, units = items[i]
+                        rest = self._pending.get(key, 0) - units
+                        if rest > 0:
+                            self._pending[key] = rest
+                        else:
+                            self._pending.pop(key, None)
+                        sent.append((key, units, r[4 * j + 1]))
+        return sent
 
-    def _send_pending(self) -> list[tuple[Key, int, int]]:
-        with self._flush_lock:
-            return self._send_pending_locked()
+    def _has_backlog(self) -> bool:
+        """Outage consumption not yet in Redis (tracked natively, or drained and pending)."""
+        fb = self._fallback
+        return bool(self._pending) or (fb is not None and fb.stats().get("unsent_keys", 0) > 0)
 
-    def _send_pending_locked(self) -> list[tuple[Key, int, int]]:
-        with self._pending_lock:
-            items = list(self._pending.items())
-        if not items:
-            return []
-        left = self._consume_ops(items)
-        with self._pending_lock:
-            for key, units in items:
-                rest = self._pending.get(key, 0) - units
-                if rest > 0:
-                    self._pending[key] = rest
-                else:
-                    self._pending.pop(key, None)
-        return [(k, u, r) for (k, u), r in zip(items, left, strict=True)]
-
-    def _flush(self) -> None:
-        """Hybrid: sends the consumption since the last flush; folds back each key's share of
-        what is left globally. Called by the keeper thread (and by close)."""
-        self._collect(self._local)
+    def _flush(self, limit: int | None = FLUSH_KEYS) -> None:
+        """Hybrid: sends the consumption since the last flush (at most ``limit`` keys of it:
+        the rest goes at the next flush); folds back each key's share of what is left
+        globally. Called by the keeper thread (and by close, for everything)."""
+        self._collect(self._local, limit)
         sent = self._send_pending()
         assert self._store is not None
         n = self._store.replicas.get(self.prefix, 1)
@@ -419,13 +431,26 @@ class Limiter:
             if share < (d.remaining + 1 if d.allowed else 0):
                 local.set_available(key, share)
 
-    def _reconcile(self) -> None:
-        """After an outage: what the fallback admitted goes to Redis before the breaker closes."""
+    def _reconcile(self, limit: int | None = None) -> None:
+        """After an outage: what the fallback admitted goes to Redis (at most ``limit`` keys of
+        it per call; the keeper calls again while there is more)."""
         if self._hybrid:
-            self._flush()
+            self._flush(limit)
             return
-        self._collect(self._fallback)
+        self._collect(self._fallback, limit)
         self._send_pending()
+        fb = self._fallback
+        if fb is not None:
+            lost = fb.stats().get("lost_units", 0)
+            if lost > self._lost_reported:
+                self._lost_reported = lost
+                _log.warning(
+                    "hotlimit: %s: %d units admitted during the outage were not kept for "
+                    "Redis (more keys than max_keys=%d were hit; those keys' units are lost)",
+                    self.name,
+                    lost,
+                    self.max_keys,
+                )
 
     def _after_fork_in_child(self) -> None:
         # The parent sends its own unsent consumption; the child must not send it again.
@@ -796,7 +821,13 @@ class Limiter:
             if self._hybrid:
                 # One attempt even with the breaker open: Redis may be back before the probe.
                 try:
-                    self._flush()
+                    self._flush(None)
+                except StorageError as e:
+                    self._store.trip(e)
+            elif not self._store.breaker.is_open and self._has_backlog():
+                # An outage's consumption still on its way to Redis: the rest of it, now.
+                try:
+                    self._reconcile(None)
                 except StorageError as e:
                     self._store.trip(e)
             self._store.release(self)
@@ -809,7 +840,7 @@ class Limiter:
 
     def _flush_quietly(self) -> None:
         try:
-            self._flush()
+            self._flush(None)
         except StorageError as e:
             if self._store is not None:
                 self._store.trip(e)

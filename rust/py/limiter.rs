@@ -211,7 +211,7 @@ impl NativeLimiter {
             params,
             on_full,
             full_events: AtomicU64::new(0),
-            tracker: track.then(Tracker::new),
+            tracker: track.then(|| Tracker::new(params.max_keys)),
             pool: Pool::default(),
         })
     }
@@ -258,11 +258,15 @@ impl NativeLimiter {
         Ok(())
     }
 
-    /// The units consumed per key since the last drain, as `[(key, units), ...]`; empty unless
-    /// made with `track=True`.
-    fn drain<'py>(&self, py: Python<'py>) -> Vec<(Py<PyAny>, u64)> {
-        let _ = py;
-        self.tracker.as_ref().map_or_else(Vec::new, Tracker::drain)
+    /// The units consumed per key since the last drain, as `[(key, units), ...]`: every key's,
+    /// or at most `limit` keys' (the rest stay for the next drain); empty unless made with
+    /// `track=True`.
+    #[pyo3(signature = (limit = None))]
+    fn drain(&self, limit: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<(Py<PyAny>, u64)>> {
+        let limit = given(limit)
+            .map(|l| int_arg("limit", l, 1, usize::MAX as u64, false).map(|l| l as usize))
+            .transpose()?;
+        Ok(self.tracker.as_ref().map_or_else(Vec::new, |t| t.drain(limit)))
     }
 
     /// Leaves exactly `available` units for `key` now (hybrid mode's fold of the shared
@@ -361,6 +365,12 @@ impl NativeLimiter {
         d.set_item("keys", self.engine.len())?;
         d.set_item("max_keys", self.params.max_keys)?;
         d.set_item("full_events", self.full_events.load(Ordering::Relaxed))?;
+        if let Some(t) = &self.tracker {
+            let (lost_units, lost_keys) = t.lost();
+            d.set_item("unsent_keys", t.len())?;
+            d.set_item("lost_units", lost_units)?;
+            d.set_item("lost_keys", lost_keys)?;
+        }
         Ok(d)
     }
 }

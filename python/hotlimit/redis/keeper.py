@@ -6,9 +6,11 @@ One daemon thread per process (the *keeper*) serves every store and limiter:
   (``Breaker.trip``): every limiter on that store switches its hot methods to a local native
   limiter (``on_redis_error="fallback"``, scaled to ``limit / replicas``) or to a constant
   allow / deny, so no caller waits on the network while Redis is away. Every
-  ``PROBE_INTERVAL`` the keeper probes the server; when it answers, the consumption counted
-  locally during the outage is sent to Redis (reconciliation, so an outage is not a free pass)
-  and the breaker closes.
+  ``PROBE_INTERVAL`` the keeper probes the server; when it answers, the breaker closes at once
+  (new decisions go to Redis again), and the consumption counted locally during the outage
+  follows to Redis in bounded batches, a few thousand keys a tick (reconciliation, so an outage
+  is not a free pass, however many keys it touched, without a long wait or a long hold of the
+  GIL).
 * **Heartbeats.** Each process announces itself once a second in ``{prefix}replicas`` (a
   sorted set scored by server time); the live count is how a fallback or hybrid limiter knows
   its share of a limit.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -38,6 +41,8 @@ __all__ = ["PROBE_INTERVAL", "Breaker", "keeper"]
 
 #: How often an open breaker probes Redis.
 PROBE_INTERVAL = 0.1
+#: Keys of outage consumption a limiter sends to Redis per keeper tick, after an outage.
+RECONCILE_BATCH = 4096
 #: How often a process renews its heartbeat, and how long one counts.
 HEARTBEAT_INTERVAL = 1.0
 HEARTBEAT_TTL_MS = 3_000
@@ -154,7 +159,7 @@ def _flush_at_exit() -> None:
             continue
         for limiter in list(store.limiters):
             if limiter._hybrid:
-                run_guarded(limiter._flush)
+                run_guarded(functools.partial(limiter._flush, None))
 
 
 atexit.register(_flush_at_exit)
@@ -171,15 +176,17 @@ def _tick(store: RedisStore, now: float) -> None:
         breaker.next_probe = now + PROBE_INTERVAL
         try:
             store.ping()
-            for limiter in list(store.limiters):
-                limiter._reconcile()
         except Exception:
             return  # still down; the next probe comes PROBE_INTERVAL later
+        # Up again: decisions go back to Redis now; what was admitted locally meanwhile
+        # follows below, a batch a tick, so the backlog never delays the close.
         breaker.close()
-        return
     if not store.can_sync():
         return
     try:
+        for limiter in list(store.limiters):
+            if not limiter._hybrid and limiter._has_backlog():
+                limiter._reconcile(RECONCILE_BATCH)
         if now >= store.next_heartbeat:
             store.next_heartbeat = now + HEARTBEAT_INTERVAL
             store.heartbeat()
