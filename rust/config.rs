@@ -82,6 +82,14 @@ impl Params {
         }
         let capacity = match (o.algorithm.capacity, o.burst) {
             (Capacity::Burst, burst) => {
+                if o.limit > o.period_ns {
+                    return rate(format!(
+                        "limit {} per {} ms is more than one token per nanosecond, the most a token \
+                         bucket can refill",
+                        o.limit,
+                        o.period_ns / MS
+                    ));
+                }
                 let burst = burst.unwrap_or(o.limit);
                 if burst == 0 {
                     return rate("burst must be at least 1, got 0".into());

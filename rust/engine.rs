@@ -124,6 +124,8 @@ pub trait Engine: Sweep {
     /// Leaves exactly `available` units for the key now (hybrid mode's fold). False where the
     /// algorithm cannot (the sliding log), or when the table is full.
     fn set_available(&self, key: &KeyHash, available: u64) -> bool;
+    /// What a key never seen would answer (nothing stored): a table-full `on_full="allow"`.
+    fn decide_untracked(&self, cost: u64) -> Outcome;
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -167,7 +169,18 @@ impl<A: KeyedAlgorithm> Engine for KeyedEngine<A> {
             return Ok(o);
         }
         let fresh = self.algo.decide_absent(self.clock.now(), cost);
-        if !commit || !fresh.allowed {
+        if !fresh.allowed {
+            return Ok(fresh);
+        }
+        if !commit {
+            // A peek answers what a hit would: at the bound, that hit might find no room.
+            let algo = &self.algo;
+            if !self
+                .table
+                .has_room(key, &self.clock, |s, now| algo.is_fresh(s, now))
+            {
+                return Err(Full);
+            }
             return Ok(fresh);
         }
         self.insert_and(key, apply)
@@ -175,6 +188,10 @@ impl<A: KeyedAlgorithm> Engine for KeyedEngine<A> {
 
     fn reset(&self, key: &KeyHash) -> bool {
         self.table.remove(key)
+    }
+
+    fn decide_untracked(&self, cost: u64) -> Outcome {
+        self.algo.decide_absent(self.clock.now(), cost)
     }
 
     fn refund(&self, key: &KeyHash, cost: u64) {
@@ -406,8 +423,8 @@ mod tests {
         assert_eq!(e.len(), 100);
         // Every key drained: denied, and still tracked.
         assert!(!e.decide(&hash_key(b"k7"), 1, true).unwrap().allowed);
-        // A peek never inserts, so it is answered even when full.
-        assert!(e.decide(&hash_key(b"new"), 1, false).unwrap().allowed);
+        // A peek answers what the hit would: no room.
+        assert_eq!(e.decide(&hash_key(b"new"), 1, false), Err(Full));
         clock.advance(S); // all keys full again: reclaimable.
         assert!(e.decide(&hash_key(b"new"), 1, true).unwrap().allowed);
         let after = e.len();
@@ -449,5 +466,25 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(e.len(), 0);
+    }
+
+    /// A peek answers what a hit would, at the bound too: a new key that would find no room is
+    /// `Full` for both (it was "allowed" for the peek and denied for the hit).
+    #[test]
+    fn a_peek_at_the_bound_agrees_with_the_hit() {
+        let clock = Clock::manual(1_000 * S);
+        let e = KeyedEngine::new(
+            TokenBucket::new(5, 60 * S, 5),
+            1,
+            1,
+            clock.clone(),
+            Duration::from_secs(1),
+        );
+        assert!(e.decide(&hash_key(b"a"), 1, true).unwrap().allowed);
+        assert_eq!(e.decide(&hash_key(b"b"), 1, false), Err(Full));
+        assert_eq!(e.decide(&hash_key(b"b"), 1, true), Err(Full));
+        clock.advance(60 * S); // "a" is full again: reclaimable, so there is room
+        assert!(e.decide(&hash_key(b"b"), 1, false).unwrap().allowed);
+        assert!(e.decide(&hash_key(b"b"), 1, true).unwrap().allowed);
     }
 }

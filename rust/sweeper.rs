@@ -20,12 +20,16 @@ pub trait Sweep: Send + Sync + 'static {
     /// forked while a shard lock was held would wait on it forever. `before_fork` takes the
     /// gate, so a fork waits for the shard in progress and the next one waits for the fork.
     fn sweep(&self) -> usize {
-        (0..self.shard_count())
+        let removed = (0..self.shard_count())
             .map(|i| {
                 let _held = sweeper().gate.lock();
                 self.sweep_shard(i)
             })
-            .sum()
+            .sum();
+        if removed >= TRIM_AFTER {
+            release_free_memory(); // as the background sweeper does
+        }
+        removed
     }
 }
 
@@ -54,6 +58,9 @@ fn sweeper() -> &'static Sweeper {
         passes: AtomicU64::new(0),
     })
 }
+
+/// Freed memory goes back to the operating system after this many keys are removed.
+const TRIM_AFTER: usize = 65_536;
 
 /// How often the sweeper thread wakes to see whether some limiter is due.
 const TICK: Duration = Duration::from_millis(50);
@@ -111,7 +118,7 @@ fn sweep_loop() {
                 freed_since_trim += removed;
             }
         }
-        if freed_since_trim >= 65_536 {
+        if freed_since_trim >= TRIM_AFTER {
             freed_since_trim = 0;
             release_free_memory();
         }

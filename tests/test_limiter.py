@@ -359,3 +359,44 @@ def test_version_comes_from_cargo() -> None:
 
 def test_rate_object_accepted() -> None:
     assert Limiter(Rate(3, 1)).rate == Rate.parse("3/second")
+
+
+def test_at_the_bound_a_peek_answers_what_the_hit_would() -> None:
+    """A peek of a new key at max_keys said "allowed" while the hit was denied (no room)."""
+    clock = ManualClock()
+    limiter = Limiter("5/minute", max_keys=1, clock=clock, sweep_interval=3600)
+    assert limiter.hit("a").allowed
+    peeked, hit = limiter.peek("b"), limiter.hit("b")
+    assert (peeked.allowed, hit.allowed) == (False, False)
+    clock.advance(60)  # "a" is back to full: its slot can be reclaimed, for the peek and the hit
+    assert limiter.peek("b").allowed and limiter.hit("b").allowed
+
+
+def test_at_the_bound_room_is_found_in_any_shard() -> None:
+    """New keys at the bound reclaim idle keys of other shards when their own has none: with
+    16 shards and max_keys=10, 3 of 5 new keys were denied while every key was idle."""
+    clock = ManualClock()
+    for algorithm in ALGORITHMS:
+        limiter = Limiter("5/second", algorithm=algorithm, max_keys=10, clock=clock, sweep_interval=3600)  # type: ignore[arg-type]
+        for i in range(10):
+            assert limiter.hit(f"old{i}").allowed
+        clock.advance(10)
+        assert all(limiter.hit(f"new{i}").allowed for i in range(5)), algorithm
+        assert limiter.stats()["full_events"] == 0
+
+
+def test_a_token_bucket_refills_at_most_one_token_a_nanosecond() -> None:
+    """ "2000000000/s" was accepted but refilled at 1e9/s (the interval rounds up to 1 ns)."""
+    with pytest.raises(InvalidRateError, match="one token per nanosecond"):
+        Limiter("2000000000/s")
+    assert Limiter("1000000000/s").rate.limit == 1_000_000_000
+    assert Limiter("2000000000/s", algorithm="fixed_window").rate.limit == 2_000_000_000
+
+
+def test_hit_many_merges_a_str_key_with_its_bytes() -> None:
+    """A str and its UTF-8 bytes are one key: in hit_many they add up like any repeat."""
+    limiter = Limiter("1/hour")
+    with pytest.raises(InvalidCostError):
+        hotlimit.hit_many([(limiter, "y"), (limiter, b"y")])
+    assert [d.allowed for d in hotlimit.hit_many([(limiter, "é"), (limiter, "z")])] == [True, True]
+    assert not limiter.hit("é".encode()).allowed

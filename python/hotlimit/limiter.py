@@ -926,7 +926,8 @@ def _merged(requests: Iterable[Any]) -> tuple[list[_Item], list[int]]:
         limiter, key = r[0], r[1]
         cost = limiter._cost(r[2] if len(r) == 3 else 1)
         _check.key_bytes(key)  # the error hit would raise, in every mode
-        ident = (id(limiter), key)
+        # A str and its UTF-8 bytes are one key (as for hit): they merge too.
+        ident = (id(limiter), key.encode("utf-8") if isinstance(key, str) else bytes(key))
         if ident in seen:
             i = seen[ident]
             lim, k, c = items[i]

@@ -117,12 +117,7 @@ impl NativeLimiter {
                         retry_after: self.params.sweep_interval.as_nanos() as u64,
                     },
                     // Untracked: decided as a fresh key would be, nothing stored.
-                    OnFull::Allow => self.engine.decide(key, cost, false).unwrap_or(Outcome {
-                        allowed: true,
-                        remaining: 0,
-                        reset_after: 0,
-                        retry_after: 0,
-                    }),
+                    OnFull::Allow => self.engine.decide_untracked(cost),
                 }
             }
         }

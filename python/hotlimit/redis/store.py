@@ -424,6 +424,10 @@ class RedisStore:
         #: The asyncio side, one per event loop that used this store (a client, its lanes and
         #: dedicated connections belong to one loop); a user's asyncio client under ``None``.
         self._loops: dict[asyncio.AbstractEventLoop | None, _LoopSide] = {}
+        #: Sides a close() found in use by a loop still running in another thread: that loop
+        #: closes its own (in aclose(), or takes it back on its next call); the store's end
+        #: closes them if it never does.
+        self._retired: dict[asyncio.AbstractEventLoop, _LoopSide] = {}
 
     # -- clients -----------------------------------------------------------------------------
 
@@ -472,11 +476,16 @@ class RedisStore:
         side = self._loops.get(loop)
         if side is not None:
             return side
+        side = self._retired.pop(loop, None)
+        if side is not None:
+            self._loops[loop] = side
+            return side
         # A new loop: first let go of the sides of loops that have ended.
-        for old, ended in list(self._loops.items()):
-            if old is not None and old.is_closed():
-                del self._loops[old]
-                ended.drop()
+        for table in (self._loops, self._retired):
+            for old, ended in list(table.items()):
+                if old is not None and old.is_closed():
+                    del table[old]
+                    ended.drop()
         assert self._url is not None
         if self._cluster is None:
             self._cluster = _is_cluster_url(self._url, self._timeout)
@@ -718,10 +727,11 @@ class RedisStore:
         self._lock = threading.Lock()
         self._sync_lanes = {}
         self._sync_conns = []
-        for side in self._loops.values():
+        for side in [*self._loops.values(), *self._retired.values()]:
             if side.finalizer is not None:
                 side.finalizer.detach()  # the parent's client: the parent closes it
         self._loops = {}
+        self._retired = {}
         if self._own_clients:
             self._sync = None
         self.next_heartbeat = 0.0
@@ -746,6 +756,8 @@ class RedisStore:
     async def _aclose_this_loop(self) -> None:
         key = asyncio.get_running_loop() if self._own_clients else None
         side = self._loops.pop(key, None)
+        if side is None and key is not None:
+            side = self._retired.pop(key, None)
         if side is None:
             return
         for pool, conn in side.conns:
@@ -770,8 +782,18 @@ class RedisStore:
             self._sync.close()
             self._sync = None
         sides, self._loops = self._loops, {}
-        for side in sides.values():
-            if self._own_clients:
+        if not self._own_clients:
+            return
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        for loop, side in sides.items():
+            if loop is not None and loop is not here and loop.is_running():
+                # In use by a loop running in another thread: closing its connections from
+                # here could be cut short when that loop ends; it closes them itself.
+                self._retired[loop] = side
+            else:
                 side.drop()
 
     async def aclose(self) -> None:
