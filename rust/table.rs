@@ -18,7 +18,7 @@
 //! The bound on keys (`max_keys`): when the table is full, a new key makes room by reclaiming
 //! keys whose state is back to fresh (indistinguishable from an absent key). Each insertion at
 //! the bound examines at most `RECLAIM_SCAN` slots of its shard, from a per-shard hand that
-//! moves on round the shard from call to call (a clock hand), and removes every fresh key it
+//! moves on round the shard from call to call (a clock hand), and removes the first fresh key it
 //! sees there; so a flood of new keys costs a bounded amount per key, never a scan of the shard,
 //! and a live key is never evicted.
 
@@ -343,8 +343,11 @@ fn compact<S>(slots: &mut Slots<S>) {
     slots.hand = 0;
 }
 
-/// Examines up to `scan` slots of a shard from its hand, removes the keys `is_fresh` accepts
-/// (it is called once per occupied slot), moves the hand past them; returns how many it removed.
+/// Examines up to `scan` slots of a shard from its hand and removes the first key `is_fresh`
+/// accepts (it is called once per occupied slot it passes), leaving the hand just past it;
+/// returns how many it removed (0 or 1). One key, not every fresh key of the scan: taking a
+/// batch let a shard's count drift (the room freed went to keys hashed to other shards) until
+/// hashbrown doubled a shard that held no more than its share.
 fn reclaim<S>(slots: &mut Slots<S>, scan: usize, is_fresh: impl Fn(&S) -> bool) -> usize {
     let buckets = slots.map.num_buckets();
     if buckets == 0 {
@@ -362,6 +365,9 @@ fn reclaim<S>(slots: &mut Slots<S>, scan: usize, is_fresh: impl Fn(&S) -> bool) 
         i += 1;
         if i == buckets {
             i = 0;
+        }
+        if removed > 0 {
+            break;
         }
     }
     slots.hand = i;
