@@ -2,9 +2,104 @@
 //! every limiter and deny cache, a shard at a time; and the hooks that keep it safe across
 //! `fork()`.
 
+use std::cell::UnsafeCell;
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
+
+/// A lock that a forked child can take over as it is. The sweeper's locks are held across
+/// `fork()` by the forking thread; the child, where that thread lives on, must release them.
+/// A parking_lot mutex with waiters cannot be released in the child safely: its unlock goes
+/// through the parking lot's queue, whose internal lock a parent thread may have held (caught
+/// mid-park) when the fork happened, and the child then waits forever (seen intermittently on
+/// CPython 3.12). This lock is one flag: its waiters spin, then yield, then sleep briefly, and
+/// there is no queue to inherit. It is held for a shard's sweep at most, and waited on only by
+/// the sweeper, explicit sweeps and forks, so the short sleeps cost nothing on the hot path.
+struct ForkLock<T> {
+    held: AtomicBool,
+    /// Set while a fork waits for the lock: other takers stand back, so a fork is not starved
+    /// by a sweep that takes the lock again for each shard.
+    fork_waits: AtomicBool,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: the value is reached only through a guard, and `held` admits one guard at a time.
+unsafe impl<T: Send> Sync for ForkLock<T> {}
+// SAFETY: moving the lock moves the value it owns, which is Send.
+unsafe impl<T: Send> Send for ForkLock<T> {}
+
+struct ForkLockGuard<'a, T> {
+    lock: &'a ForkLock<T>,
+}
+
+impl<T> ForkLock<T> {
+    const fn new(value: T) -> Self {
+        ForkLock {
+            held: AtomicBool::new(false),
+            fork_waits: AtomicBool::new(false),
+            value: UnsafeCell::new(value),
+        }
+    }
+
+    fn lock(&self) -> ForkLockGuard<'_, T> {
+        self.acquire(true);
+        ForkLockGuard { lock: self }
+    }
+
+    fn acquire(&self, defer_to_fork: bool) {
+        let mut tries = 0u32;
+        while (defer_to_fork && self.fork_waits.load(Ordering::Acquire))
+            || self
+                .held
+                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+        {
+            tries += 1;
+            if tries < 64 {
+                std::hint::spin_loop();
+            } else if tries < 128 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+    }
+
+    /// Takes the lock ahead of other takers and keeps it until `release_held`: for `fork()`.
+    fn hold(&self) {
+        self.fork_waits.store(true, Ordering::Release);
+        self.acquire(false);
+        self.fork_waits.store(false, Ordering::Release);
+    }
+
+    /// Releases a lock taken by `hold`, in the parent or in a child (where the forking thread
+    /// is the one that holds it): one store, nothing to wake.
+    fn release_held(&self) {
+        self.held.store(false, Ordering::Release);
+    }
+}
+
+impl<T> Deref for ForkLockGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: this guard is the only one (see `ForkLock::lock`).
+        unsafe { &*self.lock.value.get() }
+    }
+}
+
+impl<T> DerefMut for ForkLockGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as above.
+        unsafe { &mut *self.lock.value.get() }
+    }
+}
+
+impl<T> Drop for ForkLockGuard<'_, T> {
+    fn drop(&mut self) {
+        self.lock.held.store(false, Ordering::Release);
+    }
+}
 
 /// What the sweeper needs from a table of keys: its shards, and how to sweep one.
 pub trait Sweep: Send + Sync + 'static {
@@ -40,11 +135,11 @@ struct Registered {
 
 struct Sweeper {
     /// Also held across `fork()` (see `before_fork`), so a child never inherits it locked.
-    engines: parking_lot::Mutex<Vec<Registered>>,
+    engines: ForkLock<Vec<Registered>>,
     running: AtomicBool,
     /// Held by the sweeper while it works on a shard, and by a forking thread across `fork()`,
     /// so a child never inherits a shard lock held by a thread that does not exist there.
-    gate: parking_lot::Mutex<()>,
+    gate: ForkLock<()>,
     /// Counts completed sweeps, for tests that wait on the background thread.
     passes: AtomicU64,
 }
@@ -52,9 +147,9 @@ struct Sweeper {
 fn sweeper() -> &'static Sweeper {
     static SWEEPER: OnceLock<Sweeper> = OnceLock::new();
     SWEEPER.get_or_init(|| Sweeper {
-        engines: parking_lot::Mutex::new(Vec::new()),
+        engines: ForkLock::new(Vec::new()),
         running: AtomicBool::new(false),
-        gate: parking_lot::Mutex::new(()),
+        gate: ForkLock::new(()),
         passes: AtomicU64::new(0),
     })
 }
@@ -145,32 +240,85 @@ pub fn before_fork() {
     // Both kept locked until one of the after-fork calls releases them. The sweeper never
     // holds one while taking the other, so this order cannot deadlock with it.
     let s = sweeper();
-    std::mem::forget(s.gate.lock());
-    std::mem::forget(s.engines.lock());
+    s.gate.hold();
+    s.engines.hold();
 }
 
 /// Called in the parent after `fork()`.
 pub fn after_fork_parent() {
     let s = sweeper();
-    // SAFETY: `before_fork` locked both and forgot their guards; these are their unlocks.
-    unsafe {
-        s.engines.force_unlock(Default::default());
-        s.gate.force_unlock(Default::default());
-    }
+    s.engines.release_held();
+    s.gate.release_held();
 }
 
 /// Called in the child after `fork()`: the sweeper thread did not survive the fork.
 pub fn after_fork_child() {
     let s = sweeper();
-    // SAFETY: `before_fork` locked both and forgot their guards; these are their unlocks.
-    unsafe {
-        s.engines.force_unlock(Default::default());
-        s.gate.force_unlock(Default::default());
-    }
+    s.engines.release_held();
+    s.gate.release_held();
     s.running.store(false, Ordering::Release);
     let any = !s.engines.lock().is_empty();
     if any {
         ensure_thread();
     }
     release_free_memory();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn fork_lock_admits_one_holder_at_a_time() {
+        let lock = Arc::new(ForkLock::new(0u64));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let lock = lock.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..20_000 {
+                        let mut v = lock.lock();
+                        let seen = *v;
+                        std::hint::spin_loop();
+                        *v = seen + 1; // lost updates if two guards overlapped
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(*lock.lock(), 80_000);
+    }
+
+    /// A fork waiting for the gate gets it although another thread takes it again and again
+    /// (an explicit sweep takes it once per shard): takers stand back while a fork waits.
+    #[test]
+    fn a_fork_is_not_starved_by_a_busy_taker() {
+        let lock = Arc::new(ForkLock::new(()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let rounds = Arc::new(AtomicUsize::new(0));
+        let busy = {
+            let (lock, stop, rounds) = (lock.clone(), stop.clone(), rounds.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let _g = lock.lock();
+                    std::thread::sleep(Duration::from_micros(200));
+                    rounds.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        while rounds.load(Ordering::Relaxed) < 5 {
+            std::thread::yield_now();
+        }
+        for _ in 0..50 {
+            lock.hold();
+            let during = rounds.load(Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(1));
+            assert_eq!(rounds.load(Ordering::Relaxed), during, "taken while held");
+            lock.release_held();
+        }
+        stop.store(true, Ordering::Relaxed);
+        busy.join().unwrap();
+    }
 }

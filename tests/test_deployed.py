@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import sys
 import threading
 import time
 import traceback
@@ -456,3 +457,36 @@ def test_a_bounded_drain_takes_each_key_once() -> None:
     assert batches == [4096, 4096, 10_000 - 8192]
     assert seen == {f"k{i}": 1 + i % 3 for i in range(10_000)}
     assert native.stats()["unsent_keys"] == 0
+
+
+def test_new_event_loops_in_many_threads_at_once(redis_server: servers.Server) -> None:
+    """Threads each running one short event loop after another, all on one limiter: each new
+    loop lets go of the ended ones. Two threads doing that at once both tried to delete the
+    same ended loop's entry, and one call raised KeyError to the caller."""
+    limiter = Limiter("1000000/day", redis=redis_server.url, redis_timeout=2.0, prefix="many:")
+    errors: list[BaseException] = []
+    admitted = [0] * 6
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+
+    def worker(n: int) -> None:
+        async def once(i: int) -> None:
+            admitted[n] += bool(await limiter.ahit(f"k{n}-{i}"))
+
+        try:
+            for i in range(40):
+                asyncio.run(once(i))
+        except BaseException as e:  # any escape is the defect
+            errors.append(e)
+
+    try:
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        sys.setswitchinterval(old)
+    assert not errors, f"{len(errors)} callers got {errors[0]!r}"
+    assert admitted == [40] * 6
+    limiter.close()

@@ -97,3 +97,62 @@ def test_fork_while_another_thread_sweeps() -> None:
         forked.set()
         worker.join(120)
     assert hung == 0, f"{hung} of 6 children hung"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
+def test_fork_while_threads_wait_for_the_sweeper_gate() -> None:
+    """Threads waiting for the sweeper's gate (explicit sweeps racing the background sweeper)
+    when another thread forks: the child used to unlock the inherited gate through the lock's
+    slow path, which could wait forever on the parking lot's queue lock held by a parent
+    thread caught mid-park (seen intermittently on CPython 3.12). Forks are made repeatedly
+    while two threads sweep in a loop with the GIL released and the sweeper runs every tick."""
+    import threading
+
+    clock = ManualClock()
+    limiters = [Limiter("5/minute", clock=clock, shards=4, sweep_interval=0.01) for _ in range(3)]
+    stop = threading.Event()
+
+    def sweep_forever(limiter: Limiter) -> None:
+        n = 0
+        while not stop.is_set():
+            for i in range(2000):
+                limiter.hit(f"k{n}-{i}")
+            n += 1
+            clock.advance(3600)
+            limiter.sweep()
+
+    threads = [threading.Thread(target=sweep_forever, args=(lim,)) for lim in limiters[:2]]
+    for t in threads:
+        t.start()
+    hung = 0
+    try:
+        for _ in range(int(os.environ.get("HL_FORKS", "60"))):
+            time.sleep(0.003)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads
+                pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    lim = limiters[2]
+                    ok = lim.hit("child").allowed and lim.sweep() >= 0
+                    ok = ok and limiters[0].sweep() >= 0 and limiters[1].hit("c").allowed
+                    code = 0 if ok else 2
+                finally:
+                    os._exit(code)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    assert os.waitstatus_to_exitcode(status) == 0
+                    break
+                time.sleep(0.002)
+            else:
+                hung += 1
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert hung == 0, f"{hung} of 60 children hung"

@@ -476,6 +476,15 @@ class RedisStore:
         side = self._loops.get(loop)
         if side is not None:
             return side
+        # A loop's first call: under the lock, as loops in other threads may be arriving too
+        # (two of them letting go of the same ended loop made one raise KeyError).
+        with self._lock:
+            return self._new_loop_side(loop)
+
+    def _new_loop_side(self, loop: asyncio.AbstractEventLoop) -> _LoopSide:
+        side = self._loops.get(loop)
+        if side is not None:
+            return side
         side = self._retired.pop(loop, None)
         if side is not None:
             self._loops[loop] = side
