@@ -153,3 +153,29 @@ def test_over_admission_is_bounded(redis_server: servers.Server, algorithm: str)
     if algorithm == "fixed_window":
         for s, n in enumerate(per_second):
             assert n <= 1.05 * 1000, f"second {s}: {n} allowed of 1000 (drift)"
+
+
+def test_a_share_of_a_rate_at_the_bound_is_a_valid_limiter(redis_server: servers.Server) -> None:
+    """3 per 60 days with a burst of 5: the bucket refills in exactly 100 days, the longest
+    allowed. Half of it (two replicas) was 1 per 60 days with a burst of 2, 120 days, which
+    the native core refuses: building the share raised, and the error tripped the breaker.
+    The share's burst is kept within the bound (here 1)."""
+    url = redis_server.url
+    probe = redis.Redis.from_url(url)
+    now_ms = int(probe.time()[0]) * 1000
+    probe.zadd("hb:replicas", {"another-replica": now_ms + 3_600_000})
+    limiter = Limiter("3/60d", burst=5, redis=url, prefix="hb:", hybrid=True, redis_timeout=T)
+    errors: list[BaseException] = []
+    limiter._on_error = errors.append
+    deadline = time.monotonic() + 10
+    while limiter._local_n != 2 and time.monotonic() < deadline:
+        limiter.hit("k")
+        time.sleep(0.05)
+    assert limiter._local_n == 2, "the second replica was seen"
+    assert not errors, errors
+    assert limiter._store is not None and not limiter._store.breaker.is_open
+    share = limiter._scaled(2, track=False)
+    assert share.capacity == 1, "1 per 60 days refills one token within 100 days, not two"
+    assert share.hit("x").allowed and not share.hit("x").allowed
+    limiter.close()
+    probe.close()

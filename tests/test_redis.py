@@ -387,3 +387,20 @@ def test_exact_across_processes(request: pytest.FixtureRequest, where: str, algo
     totals = [int(p.communicate(timeout=120)[0]) for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert sum(totals) == limit, f"4 processes x 4 threads x 40 attempts, limit {limit}: {totals}"
+
+
+def test_an_int_subclass_cost_counts_its_value(make_limiter: Callable[..., Limiter]) -> None:
+    """A cost of an int subclass with its own __str__: Redis mode sent str(cost) to the
+    script, so 2 with __str__ "999" was refused as above capacity (or consumed 999)."""
+
+    class Weird(int):
+        def __str__(self) -> str:
+            return "999"
+
+        def __lt__(self, other: object) -> bool:
+            return False
+
+    limiter = make_limiter("5/minute")
+    assert limiter.hit("k", Weird(2)).allowed
+    assert limiter.peek("k").remaining == 2, "2 units taken, not 999"
+    assert limiter.hit("k", Weird(3)).allowed and not limiter.hit("k").allowed

@@ -3,7 +3,7 @@
 # omitted `cost` (or `start`) is told apart from an explicit None, which is refused: its runtime
 # default is a marker, written `...` here.
 from collections.abc import Callable
-from typing import Final, final
+from typing import ClassVar, Final, NoReturn, final
 
 __all__ = [
     "ALGORITHMS",
@@ -29,8 +29,9 @@ ALGORITHMS: Final[tuple[AlgorithmInfo, ...]]
 
 @final
 class AlgorithmInfo:
-    """One row of the algorithm registry."""
+    """One row of the algorithm registry (made by the module only)."""
 
+    def __new__(cls, *args: object, **kwargs: object) -> NoReturn: ...
     @property
     def name(self) -> str: ...
     @property
@@ -60,6 +61,8 @@ class Decision:
         cls, *, allowed: bool, limit: int, remaining: int, reset_after: float, retry_after: float
     ) -> Decision: ...
     def __bool__(self) -> bool: ...
+    def __eq__(self, value: object, /) -> bool: ...
+    __hash__: ClassVar[None]  # type: ignore[assignment]  # compared by value, not hashable
 
 @final
 class ManualClock:

@@ -22,7 +22,7 @@ from hotlimit._errors import (
     StorageError,
 )
 from hotlimit._native import Decision, ManualClock
-from hotlimit.rate import Rate, _positive_int
+from hotlimit.rate import MAX_PERIOD_NS, Rate, _positive_int
 from hotlimit.redis.keys import check_name, escape
 
 if TYPE_CHECKING:
@@ -267,7 +267,14 @@ class Limiter:
         """A local limiter for this replica's share (1/n) of the rate."""
         rate = self.rate
         limit = max(1, rate.limit // n)
-        burst = max(1, self.capacity // n) if _SPECS[self.algorithm].burst else None
+        burst = None
+        if _SPECS[self.algorithm].burst:
+            # A share of the burst refills at a share of the rate: with integer shares the
+            # refill can take longer than the whole bucket's did, past the 100-day bound that
+            # the native core refuses (which, in an outage, would trip the breaker for every
+            # limiter of the store). Kept within it.
+            emission = -(-rate.period_ns // limit)
+            burst = max(1, min(self.capacity // n, MAX_PERIOD_NS // emission))
         return _native.NativeLimiter(
             algorithm=self.algorithm,
             limit=limit,
@@ -468,6 +475,9 @@ class Limiter:
         # The native core's checks and messages (rust/py.rs, NativeLimiter::cost), word for word.
         if isinstance(cost, bool) or not isinstance(cost, int):
             raise CostTypeError(f"cost must be an int, not {_check.type_name(cost)}: {_check.shown(cost)}")
+        # The value itself, as the native core reads it: an int subclass's own __str__ or
+        # comparisons must not change what is sent to the store.
+        cost = int.__index__(cost)
         if cost < 1:
             raise InvalidCostError(f"cost must be at least 1, got {_check.shown(cost)}")
         if cost > self.capacity:
