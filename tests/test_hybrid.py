@@ -9,7 +9,7 @@ import time
 import pytest
 import redis
 
-from hotlimit import InvalidArgumentError, Limiter, _bench
+from hotlimit import InvalidArgumentError, Limiter, StorageError, _bench
 from tests import servers
 
 # These tests assert exact shared results: on a loaded CI machine a 50 ms timeout would
@@ -179,3 +179,84 @@ def test_a_share_of_a_rate_at_the_bound_is_a_valid_limiter(redis_server: servers
     assert share.hit("x").allowed and not share.hit("x").allowed
     limiter.close()
     probe.close()
+
+
+def test_a_replaced_local_limiter_is_drained_in_bounded_steps(redis_server: servers.Server) -> None:
+    """When the replica count changes, the local limiter is rebuilt; the old one's unsent
+    consumption was all moved at once (up to max_keys keys, holding the GIL throughout). It
+    now goes in the flushes' bounded steps, and every unit still arrives once."""
+    url = redis_server.url
+    limiter = Limiter("1000/day", redis=url, prefix="hr:", hybrid=True, sync_interval=60, redis_timeout=T)
+    limiter._next_flush = float("inf")  # the keeper's flushes would race the steps below
+    time.sleep(0.2)  # one that had started has ended
+    keys = 1000
+    for i in range(keys):
+        assert limiter.hit(f"k{i}", 3).allowed
+    limiter._rebuild_local(1)  # as a change of membership does
+    assert not limiter._pending, "nothing moved at the rebuild itself"
+    for step in range(keys // 100):
+        limiter._flush(100)
+        assert len(limiter._pending) == 0, "each step's keys were sent"
+        left = sum(old.stats()["unsent_keys"] for old in limiter._retired_locals)
+        assert left == keys - 100 * (step + 1), f"step {step}: {left} keys left"
+    limiter._flush(100)
+    assert not limiter._retired_locals
+    for i in (0, 500, 999):
+        assert _peek_global(url, "hr:", "1000/day", f"k{i}") == 997, "each key's 3 units, once"
+    limiter.close()
+
+
+BUSY_LUA = """
+local t0 = redis.call('TIME')
+local start = tonumber(t0[1]) * 1e6 + tonumber(t0[2])
+while true do
+  local t = redis.call('TIME')
+  if tonumber(t[1]) * 1e6 + tonumber(t[2]) - start > tonumber(ARGV[1]) then return 1 end
+end
+"""
+
+
+@pytest.mark.parametrize("algorithm", ["token_bucket", "fixed_window", "sliding_window"])
+def test_units_whose_reply_was_lost_count_once(redis_server: servers.Server, algorithm: str) -> None:
+    """A call of unsent units that the server runs but whose reply does not arrive in time
+    (the server was busy): the caller cannot tell it ran, and sends the units again. Before,
+    they were added twice (10 where 5 were admitted); now the resend carries the first call's
+    id and the server applies it once."""
+    import threading
+
+    url = redis_server.url
+    prefix = f"once-{algorithm}:"
+    limiter = Limiter(
+        "100/day",
+        algorithm=algorithm,  # type: ignore[arg-type]
+        redis=url,
+        prefix=prefix,
+        hybrid=True,
+        sync_interval=60,
+        redis_timeout=0.3,
+    )
+    limiter._next_flush = float("inf")  # the keeper must not flush while the test does
+    time.sleep(0.2)
+    limiter.hit("warm")
+    limiter._collect(limiter._local)
+    limiter._send_pending()  # the lane's connection is open: the next call is sent at once
+    for _ in range(5):
+        assert limiter.hit("k").allowed
+    limiter._collect(limiter._local)
+    busy = redis.Redis.from_url(url)
+    hog = threading.Thread(target=busy.eval, args=(BUSY_LUA, 0, 900_000))  # 0.9 s
+    hog.start()
+    time.sleep(0.1)  # the server is in the busy script now
+    with pytest.raises(StorageError):
+        limiter._send_pending()  # queued behind it: times out, runs once the server is free
+    hog.join()
+    time.sleep(0.1)
+    assert _peek_global(url, prefix, "100/day", "k", algorithm) == 95, "the first call did run"
+    sent = limiter._send_pending()  # the retry
+    assert [(k, u) for k, u, _ in sent] == [("k", 5)]
+    assert not limiter._pending
+    assert _peek_global(url, prefix, "100/day", "k", algorithm) == 95, "5 units, once"
+    # Ids are deleted by the next call once their reply arrived: only the last one is left.
+    assert len(busy.keys(f"{prefix}*:once:*")) == 1
+    limiter.close()
+    busy.close()

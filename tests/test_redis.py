@@ -238,6 +238,28 @@ def test_server_restart_between_calls(monkeypatch: pytest.MonkeyPatch) -> None:
         assert not errors and not limiter.degraded
 
 
+def test_server_down_at_the_first_sync_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A limiter used only from asyncio so far (its sync lane not made yet) whose server is
+    down at its first sync call: the lane's connection was taken as the lane was made, outside
+    the code that turns a failed call into a StorageError, and redis-py's ConnectionError
+    reached the caller of hit()."""
+    from hotlimit.redis import keeper
+
+    monkeypatch.setattr(keeper, "HEARTBEAT_INTERVAL", 3600.0)  # no heartbeat trips it first
+    with servers.server(servers.redis_binary()) as server:
+        errors: list[BaseException] = []
+        limiter = Limiter("10/day", redis=server.url, redis_timeout=1.0, on_error=errors.append)
+        assert asyncio.run(limiter.ahit("k")).remaining == 9
+        store = limiter._store
+        assert store is not None and not store._sync_lanes
+        server.stop()
+        with pytest.raises(StorageError):
+            store.call(*limiter._op("h", "k", 1)[:2], 1)
+        d = limiter.hit("k")  # the breaker is open now: decided locally, reported once
+        assert d.allowed and limiter.degraded
+        limiter.close()
+
+
 def test_dead_server_is_reported_not_raised() -> None:
     port = servers.free_port()
     errors: list[BaseException] = []

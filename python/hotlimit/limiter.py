@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -42,6 +43,9 @@ _NS = 1_000_000_000
 #: Keys a hybrid flush sends at most (the rest wait for the next flush): bounds how long one
 #: flush holds the GIL draining the local table, however many keys are active.
 FLUSH_KEYS = 16_384
+#: How long the server keeps the id of a call of pending units: a call whose reply was lost
+#: and that is sent again within this time is not applied twice.
+ONCE_TTL_MS = 600_000
 _log = logging.getLogger("hotlimit")
 _COST_1 = b"$1\r\n1\r\n"
 
@@ -235,6 +239,12 @@ class Limiter:
         self._sync_interval = float(sync_interval)
         self._next_flush = 0.0
         self._pending: dict[Key, int] = {}
+        #: Script calls of pending units whose reply did not arrive (a timeout, a dropped
+        #: connection): sent again as they were, id included, before anything else, so the
+        #: server applies each once (see _send_pending_locked).
+        self._unsettled: list[_Chunk] = []
+        #: Per cluster slot, ids of calls whose reply arrived: deleted by the next call there.
+        self._settled: dict[int, list[str]] = {}
         self._lost_reported = 0
         self._pending_lock = threading.Lock()
         self._flush_lock = threading.Lock()  # one flush at a time: never send a delta twice
@@ -242,6 +252,9 @@ class Limiter:
         self._fallback: _native.NativeLimiter | None = None
         self._local: _native.NativeLimiter | None = None
         self._local_n = 0
+        #: Local limiters replaced when the replica count changed, whose unsent consumption
+        #: the next flushes drain (see _rebuild_local).
+        self._retired_locals: list[_native.NativeLimiter] = []
         assert self._store is not None
         if hybrid:
             if not _SPECS[self.algorithm].shareable:
@@ -325,18 +338,22 @@ class Limiter:
         self._local_n = n
         self._bind(self._local)
         if old is not None:
-            self._collect(old)
+            # Its unsent consumption (up to max_keys keys) is drained by the next flushes in
+            # bounded steps, as the current one's is; all at once here held the GIL for as
+            # long as a million keys took.
+            self._retired_locals.append(old)
 
-    def _collect(self, native: _native.NativeLimiter | None, limit: int | None = None) -> None:
+    def _collect(self, native: _native.NativeLimiter | None, limit: int | None = None) -> int:
         """Moves (at most ``limit`` keys of) a tracking native limiter's consumption into
-        ``_pending``, where it waits to be sent."""
+        ``_pending``, where it waits to be sent; returns how many keys it moved."""
         if native is None:
-            return
+            return 0
         drained = native.drain(limit)
         if drained:
             with self._pending_lock:
                 for key, units in drained:
                     self._pending[key] = self._pending.get(key, 0) + units
+        return len(drained)
 
     def _report(self, error: BaseException) -> None:
         if self._on_error is not None:
@@ -381,36 +398,62 @@ class Limiter:
 
     def _send_pending_locked(self) -> list[tuple[Key, int, int]]:
         """Adds each pending key's units to Redis whatever the limit says; returns
-        ``(key, units, units left)`` for each. Raises StorageError; the units of every script
-        call that succeeded before it are sent once and no longer pending (only the failed
-        call's are sent again later)."""
+        ``(key, units, units left)`` for each. Raises StorageError.
+
+        Each script call's units count once. A call carries an id, which the script sets
+        (for ONCE_TTL_MS) as it applies the units; a call whose reply is lost stays in
+        ``_unsettled`` and is sent again first, unchanged, so if the server had applied it,
+        the id is found and nothing is added twice. Only when the resend comes more than
+        ONCE_TTL_MS later can it count twice (too many, never too few). Ids of calls whose
+        reply arrived are deleted by the next call to the same slot."""
         assert self._store is not None
+        sent: list[tuple[Key, int, int]] = []
+        while self._unsettled:
+            chunk = self._unsettled[0]
+            sent += self._send_chunk(chunk)
+            self._unsettled.pop(0)
         with self._pending_lock:
             items = list(self._pending.items())
         if not items:
-            return []
+            return sent
         groups: dict[int, list[int]] = {}
         keys = [self.redis_key(k) for k, _ in items]
         for i, rk in enumerate(keys):
             groups.setdefault(self._store.slot([rk]), []).append(i)
-        sent: list[tuple[Key, int, int]] = []
-        for idx in groups.values():
+        for slot, idx in groups.items():
             for start in range(0, len(idx), 256):
-                chunk = idx[start : start + 256]
-                args: list[str | int] = ["c", len(chunk)]
-                for i in chunk:
-                    args += [*self._spec, items[i][1]]
-                r = self._store.call([keys[i] for i in chunk], args, len(chunk))
-                with self._pending_lock:
-                    for j, i in enumerate(chunk):
-                        key, units = items[i]
-                        rest = self._pending.get(key, 0) - units
-                        if rest > 0:
-                            self._pending[key] = rest
-                        else:
-                            self._pending.pop(key, None)
-                        sent.append((key, units, r[4 * j + 1]))
+                part = idx[start : start + 256]
+                chunk = _Chunk(slot, [keys[i] for i in part], [items[i] for i in part])
+                self._unsettled.append(chunk)
+                sent += self._send_chunk(chunk)
+                self._unsettled.pop()
         return sent
+
+    def _send_chunk(self, chunk: _Chunk) -> list[tuple[Key, int, int]]:
+        """One script call: the chunk's units, once (its id), and the slot's settled ids."""
+        assert self._store is not None
+        done = self._settled.get(chunk.slot, [])[:64]
+        keys = [chunk.id_key, *done, *chunk.keys]
+        args: list[str | int] = ["o", 1 + len(done), ONCE_TTL_MS, 0, 0, 0, 0, 0]
+        args += [0] * (6 * len(done))
+        args += ["c", len(chunk.items)]
+        for _, units in chunk.items:
+            args += [*self._spec, units]
+        r = self._store.call(keys, args, 1 + len(done) + len(chunk.items))
+        if done:
+            del self._settled[chunk.slot][: len(done)]
+        self._settled.setdefault(chunk.slot, []).append(chunk.id_key)
+        at = 4 * (1 + len(done))
+        out: list[tuple[Key, int, int]] = []
+        with self._pending_lock:
+            for j, (key, units) in enumerate(chunk.items):
+                rest = self._pending.get(key, 0) - units
+                if rest > 0:
+                    self._pending[key] = rest
+                else:
+                    self._pending.pop(key, None)
+                out.append((key, units, r[at + 4 * j + 1]))
+        return out
 
     def _has_backlog(self) -> bool:
         """Outage consumption not yet in Redis (tracked natively, or drained and pending)."""
@@ -421,7 +464,16 @@ class Limiter:
         """Hybrid: sends the consumption since the last flush (at most ``limit`` keys of it:
         the rest goes at the next flush); folds back each key's share of what is left
         globally. Called by the keeper thread (and by close, for everything)."""
-        self._collect(self._local, limit)
+        budget = limit
+        while self._retired_locals and (budget is None or budget > 0):
+            old = self._retired_locals[0]
+            moved = self._collect(old, budget)
+            if budget is None or moved < budget:
+                self._retired_locals.pop(0)  # nothing left in it
+            if budget is not None:
+                budget -= moved
+        if budget is None or budget > 0:
+            self._collect(self._local, budget)
         sent = self._send_pending()
         assert self._store is not None
         n = self._store.replicas.get(self.prefix, 1)
@@ -461,9 +513,12 @@ class Limiter:
 
     def _after_fork_in_child(self) -> None:
         # The parent sends its own unsent consumption; the child must not send it again.
-        for native in (self._local, self._fallback):
+        for native in (self._local, self._fallback, *self._retired_locals):
             if native is not None:
                 native.drain()
+        self._retired_locals = []
+        self._unsettled = []  # the parent sends them
+        self._settled = {}
         self._pending_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._fallback_lock = threading.Lock()
@@ -870,6 +925,19 @@ class Limiter:
     def __repr__(self) -> str:
         extra = "" if self._store is None else ", redis=..."
         return f"Limiter({str(self.rate)!r}, algorithm={self.algorithm!r}{extra})"
+
+
+class _Chunk:
+    """One script call's worth of pending units (see Limiter._send_pending_locked)."""
+
+    __slots__ = ("id_key", "items", "keys", "slot")
+
+    def __init__(self, slot: int, keys: list[str], items: list[tuple[Key, int]]) -> None:
+        self.slot = slot
+        self.keys = keys
+        self.items = items
+        # After the first key's hash tag, so that in a cluster it lives in the same slot.
+        self.id_key = f"{keys[0]}:once:{uuid.uuid4().hex}"
 
 
 class _Constant:

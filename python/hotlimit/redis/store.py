@@ -558,12 +558,19 @@ class RedisStore:
 
     def _connection_runner(self, client: redis.Redis) -> Runner:
         pool: Any = client.connection_pool  # redis-py's connections are untyped
-        conn: Any = pool.get_connection()
-        self._sync_conns.append((pool, conn))
-        if not self._own_clients:
-            weakref.finalize(self, pool.release, conn)
+        holder: list[Any] = []
 
         def once(command: bytes) -> list[Any]:
+            if not holder:
+                # Taken at the first call, inside the lane, so that a server down then is a
+                # StorageError like any other failed call (taken here, at the lane's making,
+                # redis-py's ConnectionError reached the caller).
+                conn = pool.get_connection()
+                holder.append(conn)
+                self._sync_conns.append((pool, conn))
+                if not self._own_clients:
+                    weakref.finalize(self, pool.release, conn)
+            conn = holder[0]
             try:
                 conn.send_packed_command([command], check_health=False)
                 try:

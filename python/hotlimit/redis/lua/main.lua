@@ -10,6 +10,10 @@
 --   the ops are hit only if every one of them would be allowed (their keys are distinct);
 --   "c" consume each op's cost whatever the limit says (hybrid mode's deltas, and what was
 --   admitted locally during an outage), answering the units left after it.
+--   "o" makes the "c" group right after it count once: its first key is the group's id,
+--   set for the op's first value in ms if absent; if it was present, the group was applied by
+--   an earlier call whose reply was lost, and the "c" group only answers what is left (cost 0).
+--   Its other keys are ids of groups whose replies arrived, deleted: they are done with.
 -- KEYS: one per op, in order. The reply: four integers per op, in order:
 --   allowed (1/0; for "r", 1 if the key existed), remaining, reset_after ns, retry_after ns.
 
@@ -29,8 +33,11 @@ end
 t.ms = t.s * 1000 + idiv(t.n, NS_PER_MS)
 t.sub = t.n % NS_PER_MS
 
-local function decide(key, i, commit, force)
+local function decide(key, i, commit, force, no_cost)
   local algo, cost = ARGV[i], tonumber(ARGV[i + 5])
+  if no_cost then
+    cost = 0
+  end
   local allowed, remaining, reset, retry
   --@ algorithms
   return allowed, remaining, reset, retry
@@ -38,10 +45,24 @@ end
 
 local out = {}
 local arg, k = 3, 1
+local applied_before = false
 while arg <= #ARGV do
   local mode, n = ARGV[arg], tonumber(ARGV[arg + 1])
   local first = arg + 2
-  if mode == 'r' then
+  if mode == 'o' then
+    local fresh = redis.call('SET', KEYS[k], '1', 'NX', 'PX', ARGV[first])
+    applied_before = not fresh
+    out[#out + 1] = fresh and 1 or 0
+    out[#out + 1] = 0
+    out[#out + 1] = 0
+    out[#out + 1] = 0
+    for j = 1, n - 1 do
+      out[#out + 1] = redis.call('DEL', KEYS[k + j])
+      out[#out + 1] = 0
+      out[#out + 1] = 0
+      out[#out + 1] = 0
+    end
+  elseif mode == 'r' then
     for j = 0, n - 1 do
       out[#out + 1] = redis.call('DEL', KEYS[k + j])
       out[#out + 1] = 0
@@ -61,8 +82,13 @@ while arg <= #ARGV do
         end
       end
     end
+    local again = force and applied_before
+    if again then
+      commit = false
+    end
+    applied_before = false
     for j = 0, n - 1 do
-      local allowed, remaining, reset, retry = decide(KEYS[k + j], first + 6 * j, commit, force)
+      local allowed, remaining, reset, retry = decide(KEYS[k + j], first + 6 * j, commit, force, again)
       out[#out + 1] = allowed
       out[#out + 1] = remaining
       out[#out + 1] = reset
