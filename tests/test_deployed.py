@@ -490,3 +490,55 @@ def test_new_event_loops_in_many_threads_at_once(redis_server: servers.Server) -
     assert not errors, f"{len(errors)} callers got {errors[0]!r}"
     assert admitted == [40] * 6
     limiter.close()
+
+
+def test_concurrent_first_calls_on_a_cluster(redis_cluster: servers.Cluster) -> None:
+    """Eight threads released together on a new limiter over a cluster URL: before the
+    topology was known every key went to one lane, the first calls were batched across slots,
+    and the server refused them ("all keys must map to the same key slot"), opening the
+    breaker at start-up in 5 of 5 runs. The topology is now learnt before the first call is
+    routed."""
+    for run in range(3):
+        errors: list[BaseException] = []
+        limiter = Limiter(
+            "100/second", redis=redis_cluster.url, prefix=f"cold{run}-{os.getpid()}:", on_error=errors.append
+        )
+        start = threading.Barrier(8)
+
+        def worker(n: int, limiter: Limiter = limiter, start: threading.Barrier = start) -> None:
+            start.wait()
+            for i in range(20):
+                limiter.hit(f"k{n}-{i}")
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, f"run {run}: {errors[0]!r}"
+        assert not limiter.degraded
+        limiter.close()
+
+
+def test_concurrent_first_async_calls_on_a_cluster(redis_cluster: servers.Cluster) -> None:
+    """Fifty tasks started together on a new limiter over a cluster URL, each a first call:
+    the client's start (learning the slots) was left to the first calls, each task began one,
+    and a later one closed the connections the earlier ones' calls were on ("Connection closed
+    by server": the breaker opened at start-up, 3 of 3 runs). One start now, awaited by all."""
+    for run in range(3):
+        errors: list[BaseException] = []
+        limiter = Limiter(
+            "100/second",
+            redis=redis_cluster.url,
+            prefix=f"acold{run}-{os.getpid()}:",
+            on_error=errors.append,
+            redis_timeout=1.0,
+        )
+
+        async def main(limiter: Limiter = limiter) -> list[bool]:
+            return [bool(d) for d in await asyncio.gather(*(limiter.ahit(f"k{i}") for i in range(50)))]
+
+        assert asyncio.run(main()) == [True] * 50
+        assert not errors, f"run {run}: {errors[0]!r}"
+        assert not limiter.degraded
+        limiter.close()

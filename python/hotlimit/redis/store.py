@@ -262,8 +262,15 @@ class _AsyncLane:
 def _async_connections(client: Any) -> list[Any]:
     """Every connection an asyncio client (standalone or cluster) holds."""
     if isinstance(client, redis.asyncio.RedisCluster):
-        nodes = list(getattr(client.nodes_manager, "nodes_cache", {}).values())
-        return [conn for node in nodes for conn in getattr(node, "_connections", ())]
+        manager = client.nodes_manager
+        # The nodes it found, and the ones it was started from (the URL's node, replaced by
+        # the found ones after the start but still holding the start's connection).
+        nodes = {
+            id(node): node
+            for table in (getattr(manager, "nodes_cache", {}), getattr(manager, "startup_nodes", {}))
+            for node in table.values()
+        }
+        return [conn for node in nodes.values() for conn in getattr(node, "_connections", ())]
     pool = client.connection_pool
     return [*getattr(pool, "_available_connections", ()), *getattr(pool, "_in_use_connections", ())]
 
@@ -272,8 +279,15 @@ def _abandon_if_ended(client: Any, loop: asyncio.AbstractEventLoop) -> None:
     """At a store's end: an asyncio client whose loop has ended is closed here (its loop
     cannot); one whose loop still runs closes its connections in that loop, as usual."""
     if loop.is_closed():
-        for conn in _async_connections(client):
-            _abandon(conn)
+        _abandon_client(client)
+
+
+def _abandon_client(client: Any) -> None:
+    """Closes the sockets of a redis.asyncio client whose event loop has ended."""
+    for conn in _async_connections(client):
+        _abandon(conn)
+    if isinstance(client, redis.asyncio.RedisCluster):
+        client._initialize = True  # as its aclose() leaves it: nothing left open to warn of
 
 
 def _abandon(conn: Any) -> None:
@@ -345,7 +359,7 @@ class _LoopSide:
     """One event loop's asyncio client, its lanes (one per slot) and the dedicated
     connections they hold."""
 
-    __slots__ = ("client", "conns", "finalizer", "lanes", "loop")
+    __slots__ = ("client", "conns", "finalizer", "init", "lanes", "loop", "ready")
 
     def __init__(self, client: Any, loop: asyncio.AbstractEventLoop | None) -> None:
         self.client = client
@@ -353,6 +367,22 @@ class _LoopSide:
         self.lanes: dict[int, _AsyncLane] = {}
         self.conns: list[Any] = []
         self.finalizer: weakref.finalize[Any, Any] | None = None
+        # A cluster client learns the topology once, before any call: left to the first
+        # calls, tasks arriving together each started it, and a later start closed the
+        # connections an earlier one's calls were using ("Connection closed by server").
+        self.ready = not isinstance(client, redis.asyncio.RedisCluster)
+        self.init: asyncio.Future[Any] | None = None
+
+    async def get_ready(self) -> None:
+        """Waits for the cluster client's one start (shared by every task that asks)."""
+        init = self.init
+        if init is None or (init.done() and (init.cancelled() or init.exception() is not None)):
+            init = self.init = asyncio.ensure_future(self.client.initialize())
+        try:
+            await asyncio.shield(init)
+        except Exception as e:  # redis-py's errors, and the socket's own
+            raise StorageError(f"redis call failed: {type(e).__name__}: {e}") from e
+        self.ready = True
 
     def drop(self) -> None:
         """Lets go of the client from outside its event loop (a sync ``close()``, or a new
@@ -371,8 +401,7 @@ class _LoopSide:
             with contextlib.suppress(RuntimeError):
                 asyncio.run_coroutine_threadsafe(self.client.aclose(), loop)
             return
-        for conn in _async_connections(self.client):
-            _abandon(conn)
+        _abandon_client(self.client)
 
 
 class RedisStore:
@@ -521,6 +550,8 @@ class RedisStore:
 
     def slot(self, keys: Sequence[str]) -> int:
         """The lane for a request; in a cluster, all its keys must share one slot."""
+        if self._cluster is None:
+            self._detect()
         if not self._cluster:
             return 0
         slots = {key_slot(k.encode("utf-8")) for k in keys}
@@ -661,7 +692,7 @@ class RedisStore:
         """Runs one group of ops (possibly batched with other callers'); four ints per op.
         ``frag`` and ``kfrag``, if given, are ``args`` and ``keys`` already encoded by
         :func:`resp`."""
-        lane = self._sync_lanes.get(0) if not self._cluster else None
+        lane = self._sync_lanes.get(0) if self._cluster is False else None
         if lane is None:
             lane = self._sync_lane(self.slot(keys))
         return lane.submit(_Request(keys, args, nops, frag, kfrag))
@@ -669,7 +700,22 @@ class RedisStore:
     async def acall(
         self, keys: list[str], args: Args, nops: int, frag: bytes | None = None, kfrag: bytes | None = None
     ) -> Reply:
-        return await self._async_lane(self.slot(keys)).submit(_Request(keys, args, nops, frag, kfrag))
+        if self._cluster is None:
+            await asyncio.to_thread(self._detect)
+        lane = self._async_lane(self.slot(keys))
+        if not self._loop_side().ready:
+            await self._loop_side().get_ready()
+        return await lane.submit(_Request(keys, args, nops, frag, kfrag))
+
+    def _detect(self) -> None:
+        """Learns whether the URL names a cluster, before the first call is routed: routed
+        before (every key to lane 0), concurrent first calls on a cluster were batched across
+        slots, and the server refused them ("all keys must map to the same key slot"), which
+        opened the breaker at start-up. Raises StorageError if the server cannot be reached."""
+        with self._lock:
+            if self._cluster is None:
+                assert self._url is not None
+                self._cluster = _is_cluster_url(self._url, self._timeout)
 
     @property
     def is_cluster(self) -> bool | None:
