@@ -2,24 +2,28 @@
 
 from hotlimit._servers import (
     Cluster,
+    Sentinels,
     Server,
     any_binary,
     cluster,
     free_cluster_port,
     free_port,
     redis_binary,
+    sentinels,
     server,
     valkey_binary,
 )
 
 __all__ = [
     "Cluster",
+    "Sentinels",
     "Server",
     "any_binary",
     "cluster",
     "free_cluster_port",
     "free_port",
     "redis_binary",
+    "sentinels",
     "server",
     "valkey_binary",
 ]

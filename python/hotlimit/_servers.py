@@ -222,3 +222,105 @@ def cluster(binary: str, masters: int = 3) -> Iterator[Cluster]:
     finally:
         for n in nodes:
             n.close()
+
+
+@dataclass
+class Sentinels:
+    """A primary, a replica of it, and one Sentinel watching them (quorum 1) as ``name``."""
+
+    primary: Server
+    replica: Server
+    sentinel: subprocess.Popen[bytes]
+    port: int
+    directory: Path
+    name: str = "mymaster"
+
+    def current_primary_port(self) -> int | None:
+        """The port Sentinel names as the primary now (None while it names none)."""
+        client = redis.Redis(port=self.port, socket_timeout=1.0, socket_connect_timeout=1.0)
+        try:
+            reply: Any = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.name)  # type: ignore[no-untyped-call]
+            return int(reply[1]) if reply else None
+        except redis.RedisError:
+            return None
+        finally:
+            client.close()
+
+    def wait_replicated(self, timeout: float = 10.0) -> None:
+        """Waits until the replica has everything the primary has written so far. (WAIT
+        would not do: it counts only the writes of the connection that sends it.)"""
+        primary = redis.Redis(port=self.primary.port, socket_timeout=2)
+        replica = redis.Redis(port=self.replica.port, socket_timeout=2)
+        try:
+            info: Any = primary.info("replication")
+            target = int(info["master_repl_offset"])
+            deadline = time.monotonic() + timeout
+            while int(_info(replica).get("slave_repl_offset", -1)) < target:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the replica did not catch up with the primary")
+                time.sleep(0.01)
+        finally:
+            primary.close()
+            replica.close()
+
+    def close(self) -> None:
+        if self.sentinel.poll() is None:
+            self.sentinel.kill()
+            self.sentinel.wait()
+        self.primary.close()
+        self.replica.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def sentinels(binary: str, name: str = "mymaster") -> Iterator[Sentinels]:
+    """A primary, its replica and a Sentinel that fails over within about a second of the
+    primary going down (down-after 500 ms)."""
+    primary = Server(binary).start()
+    replica: Server | None = None
+    sentinel: subprocess.Popen[bytes] | None = None
+    directory = Path(tempfile.mkdtemp(prefix="hotlimit-sentinel-"))
+    try:
+        replica = Server(binary, extra=("--replicaof", "127.0.0.1", str(primary.port))).start()
+        port = free_port()
+        conf = directory / "sentinel.conf"
+        conf.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
+            f"sentinel monitor {name} 127.0.0.1 {primary.port} 1\n"
+            f"sentinel down-after-milliseconds {name} 500\n"
+            f"sentinel failover-timeout {name} 3000\n"
+        )
+        with (directory / "sentinel.log").open("wb") as log:
+            sentinel = subprocess.Popen(
+                [binary, str(conf), "--sentinel"], stdout=log, stderr=subprocess.STDOUT
+            )
+        s = Sentinels(primary, replica, sentinel, port, directory, name)
+        deadline = time.monotonic() + 20
+        probe = redis.Redis(port=primary.port, socket_timeout=2)
+        try:
+            # Ready: Sentinel names the primary, and the replica is in sync with it.
+            while s.current_primary_port() != primary.port or not _replica_up(probe):
+                if time.monotonic() > deadline or sentinel.poll() is not None:
+                    log_text = (directory / "sentinel.log").read_text(errors="replace")
+                    raise RuntimeError(f"sentinel setup did not converge:\n{log_text}")
+                time.sleep(0.05)
+        finally:
+            probe.close()
+        yield s
+    finally:
+        if sentinel is not None and sentinel.poll() is None:
+            sentinel.kill()
+            sentinel.wait()
+        primary.close()
+        if replica is not None:
+            replica.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _info(client: redis.Redis) -> Any:
+    return client.info("replication")
+
+
+def _replica_up(primary: redis.Redis) -> bool:
+    info: Any = primary.info("replication")
+    return int(info.get("connected_slaves", 0)) >= 1 and "online" in str(info.get("slave0", ""))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 import weakref
 from _thread import allocate_lock as _lock
 from collections.abc import Awaitable, Callable, Sequence
@@ -308,6 +309,24 @@ def _abandon(conn: Any) -> None:
     conn._writer = conn._reader = None
 
 
+#: How often a lane on a Sentinel-managed connection asks Sentinel who the primary is. After a
+#: failover the old primary keeps accepting writes until Sentinel demotes it (up to about 10
+#: s later), and the units written there are lost when it resyncs; asking bounds that window.
+SENTINEL_CHECK_INTERVAL = 1.0
+
+
+def _sentinel_master_pool(pool: Any) -> bool:
+    """Whether connections of ``pool`` are Sentinel-managed, to a primary."""
+    return bool(getattr(pool, "is_master", False)) and hasattr(pool, "get_master_address")
+
+
+def _elsewhere(conn: Any, primary: Any) -> bool:
+    """Whether ``conn`` is connected to another server than Sentinel's ``primary``: it must
+    disconnect, and its next connect() asks Sentinel again."""
+    connected = getattr(conn, "_sock", None) is not None or getattr(conn, "_writer", None) is not None
+    return connected and (str(conn.host), int(conn.port)) != (str(primary[0]), int(primary[1]))
+
+
 def _is_cluster_url(url: str, timeout: float) -> bool:
     probe = redis.Redis.from_url(
         url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
@@ -590,8 +609,14 @@ class RedisStore:
     def _connection_runner(self, client: redis.Redis) -> Runner:
         pool: Any = client.connection_pool  # redis-py's connections are untyped
         holder: list[Any] = []
+        sentinel = _sentinel_master_pool(pool)
+        next_check = [0.0]
 
         def once(command: bytes) -> list[Any]:
+            if sentinel and holder and time.monotonic() >= next_check[0]:
+                next_check[0] = time.monotonic() + SENTINEL_CHECK_INTERVAL
+                if _elsewhere(holder[0], pool.get_master_address()):
+                    holder[0].disconnect()
             if not holder:
                 # Taken at the first call, inside the lane, so that a server down then is a
                 # StorageError like any other failed call (taken here, at the lane's making,
@@ -603,6 +628,11 @@ class RedisStore:
                     weakref.finalize(self, pool.release, conn)
             conn = holder[0]
             try:
+                if conn._sock is None:
+                    # connect(), not the reconnect send_packed_command does by itself: that one
+                    # dials the address the connection last had, while a Sentinel-managed
+                    # connection's connect() asks Sentinel for the current master.
+                    conn.connect()
                 conn.send_packed_command([command], check_health=False)
                 try:
                     return conn.read_response()  # type: ignore[no-any-return]
@@ -655,6 +685,8 @@ class RedisStore:
     def _async_connection_runner(self, client: redis.asyncio.Redis, conns: list[Any]) -> AsyncRunner:
         pool: Any = client.connection_pool
         holder: list[Any] = []
+        sentinel = _sentinel_master_pool(pool)
+        next_check = [0.0]
 
         async def run(batch: list[_Request], time_args: Args) -> list[Any]:
             command = _packed(batch, time_args)
@@ -664,11 +696,17 @@ class RedisStore:
                 return await once(command)  # a stale connection: see the sync runner
 
         async def once(command: bytes) -> list[Any]:
+            if sentinel and holder and time.monotonic() >= next_check[0]:
+                next_check[0] = time.monotonic() + SENTINEL_CHECK_INTERVAL
+                if _elsewhere(holder[0], await pool.get_master_address()):
+                    await holder[0].disconnect()
             if not holder:
                 holder.append(await pool.get_connection())
                 conns.append((pool, holder[0]))
             conn = holder[0]
             try:
+                if not conn.is_connected:
+                    await conn.connect()  # asks Sentinel, where it manages the connection
                 await conn.send_packed_command([command], check_health=False)
                 try:
                     return await conn.read_response()  # type: ignore[no-any-return]
