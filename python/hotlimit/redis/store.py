@@ -697,6 +697,13 @@ class RedisStore:
             for limiter in list(self.limiters):
                 limiter._report(error)
 
+    def describe(self) -> str:
+        """The server, for messages: the URL with its secrets masked, or the client's class."""
+        if self._url is not None:
+            return _safe_url(self._url)
+        client = self._sync if self._sync is not None else self._async
+        return f"a {type(client).__module__}.{type(client).__name__} client"
+
     def report(self, error: BaseException) -> None:
         for limiter in list(self.limiters):
             limiter._report(error)
