@@ -26,7 +26,10 @@ One daemon thread per process (the *keeper*) serves every store and limiter:
   good). Any other error (connection refused, a timeout) keeps the fast probes.
 
 The thread holds no locks across network calls that a request path needs; a hit never waits
-for it. After ``fork()`` the child starts its own thread and opens its own connections.
+for it. After ``fork()`` the child starts its own thread and opens its own connections. At
+interpreter exit the thread is stopped and joined (``EXIT_JOIN_TIMEOUT``) before the
+interpreter is torn down: a daemon thread still inside OpenSSL then (a ``rediss://`` handshake
+or read) crashed the process with SIGSEGV or SIGABRT.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ PROBE_INTERVAL = 0.1
 #: While the breaker is open for a configuration error, the wait between probes doubles from
 #: PROBE_INTERVAL up to this many seconds.
 MISCONFIGURED_PROBE_CAP = 30.0
+#: How long interpreter exit waits for the keeper thread to finish its tick.
+EXIT_JOIN_TIMEOUT = 2.0
 #: Keys of outage consumption a limiter sends to Redis per keeper tick, after an outage.
 RECONCILE_BATCH = 4096
 #: How often a process renews its heartbeat, and how long one counts.
@@ -245,19 +250,25 @@ class _Keeper:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        #: Set at interpreter exit: the loop ends, and no thread starts again.
+        self._stopping = False
 
     def watch(self, store: RedisStore) -> None:
         with self._lock:
             self._stores.add(store)
+            if self._stopping:
+                return
             if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
                 self._pid = os.getpid()
                 self._thread = threading.Thread(target=self._run, name="hotlimit-keeper", daemon=True)
                 self._thread.start()
+        order_exit_hooks()
 
     def _run(self) -> None:
-        while True:
+        while not self._stopping:
             time.sleep(TICK)
-            self._tick_all()
+            if not self._stopping:
+                self._tick_all()
 
     def _tick_all(self) -> None:
         # In a function of its own: a loop variable in _run would keep the last store ticked
@@ -265,10 +276,24 @@ class _Keeper:
         # last error's traceback and whatever connections that held), until the process ends
         # or another store comes along and its collection lands in unrelated code.
         for store in list(self._stores):
+            if self._stopping:
+                return
             try:
                 _tick(store, time.monotonic())
             except Exception as e:  # pragma: no cover - the keeper must never die
                 store.report(e)
+
+    def stop(self, timeout: float) -> bool:
+        """Ends the thread's loop and waits up to ``timeout`` seconds for it (it finishes the
+        store it is ticking: at most a probe or a call, each bounded by ``redis_timeout``).
+        True if no thread runs any more."""
+        with self._lock:
+            self._stopping = True
+            thread = self._thread if self._pid == os.getpid() else None
+        if thread is None or thread is threading.current_thread():
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
 
     def after_fork_in_child(self) -> None:
         global MEMBER
@@ -296,7 +321,27 @@ def _flush_at_exit() -> None:
                 run_guarded(functools.partial(limiter._flush, None))
 
 
+def _stop_at_exit() -> None:
+    """The keeper is a daemon thread: Python does not wait for it, and tears the interpreter
+    (and OpenSSL) down around it. Stopped and joined here, in an atexit hook, while the
+    interpreter is whole; non-daemon threads have ended by then, so it served them to the
+    end."""
+    keeper.stop(EXIT_JOIN_TIMEOUT)
+
+
+def order_exit_hooks() -> None:
+    """Puts the keeper's stop first among the atexit hooks registered so far (they run last
+    registered, first run): before the hybrid flush (which then runs alone), and before
+    ``weakref.finalize``'s hook, registered with the first finalizer of the process, which
+    closes the clients' connections, the keeper's included."""
+    if keeper._stopping:
+        return  # exiting: the hooks are running (one added now would not run)
+    atexit.unregister(_stop_at_exit)
+    atexit.register(_stop_at_exit)
+
+
 atexit.register(_flush_at_exit)
+atexit.register(_stop_at_exit)
 
 
 def _tick(store: RedisStore, now: float) -> None:

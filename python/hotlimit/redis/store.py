@@ -457,6 +457,11 @@ class RedisStore:
                     # A store dropped without close() still closes its sockets.
                     weakref.finalize(self, client.close)
                     self._sync = client
+                    from hotlimit.redis.keeper import order_exit_hooks
+
+                    # At exit, the keeper (which uses this client) stops before that
+                    # finalizer's atexit hook closes its connections.
+                    order_exit_hooks()
         return self._sync
 
     def _loop_side(self) -> _LoopSide:
