@@ -78,16 +78,68 @@ def free_cluster_port() -> int:
 
 
 @dataclass
+class Tls:
+    """A server certificate, its key and the CA that signed it (PEM files)."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
+def make_tls(directory: Path, host: str = "localhost") -> Tls:
+    """A throwaway CA and a server certificate it signs for ``host`` and 127.0.0.1, made with
+    the ``openssl`` command (Debian's ``openssl`` package)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise RuntimeError("the openssl command is not installed: apt-get install -y openssl")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=directory, check=True, capture_output=True)
+
+    # The extensions Python 3.13's default context checks (VERIFY_X509_STRICT) are all set.
+    directory.mkdir(parents=True, exist_ok=True)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+        "-days", "2", "-subj", "/CN=hotlimit test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+        "-subj", f"/CN={host}")  # fmt: skip
+    (directory / "ext.cnf").write_text(
+        f"subjectAltName=DNS:{host},IP:127.0.0.1\n"
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\n"
+        "subjectKeyIdentifier=hash\n"
+        "authorityKeyIdentifier=keyid,issuer\n"
+    )
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf")  # fmt: skip
+    return Tls(cert=directory / "server.crt", key=directory / "server.key", ca=directory / "ca.crt")
+
+
+@dataclass
 class Server:
     binary: str
     port: int = field(default_factory=free_port)
     extra: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
     directory: Path | None = None
+    #: TLS only (``--tls-port``, no plain port); clients need not present a certificate.
+    tls: Tls | None = None
+    #: ``--requirepass``: the default user's password.
+    password: str | None = None
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"rediss://localhost:{self.port}/0?ssl_ca_certs={self.tls.ca}"
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self, **kw: Any) -> redis.Redis:
+        """A client of this server (its CA trusted, its password given)."""
+        if self.tls is not None:
+            kw.update(ssl=True, ssl_ca_certs=str(self.tls.ca))
+        return redis.Redis(host="localhost", port=self.port, password=self.password, **kw)
 
     def start(self) -> Server:
         self.directory = Path(tempfile.mkdtemp(prefix="hotlimit-redis-"))
@@ -97,8 +149,15 @@ class Server:
     def _launch(self, log_mode: str) -> None:
         """Runs the binary in ``directory`` on ``port`` and waits until it answers."""
         assert self.directory is not None
+        ports = ["--port", str(self.port)]
+        if self.tls is not None:
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls.cert),
+                     "--tls-key-file", str(self.tls.key), "--tls-ca-cert-file", str(self.tls.ca),
+                     "--tls-auth-clients", "no"]  # fmt: skip
+        if self.password is not None:
+            ports += ["--requirepass", self.password]
         args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            self.binary, *ports, "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--dir", str(self.directory), "--protected-mode", "no",
             *self.extra,
         ]  # fmt: skip
@@ -108,7 +167,7 @@ class Server:
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
-        client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
+        client = self.client(socket_timeout=0.5, socket_connect_timeout=0.5)
         try:
             while True:
                 try:

@@ -632,15 +632,19 @@ class Limiter:
         probing = False
         if breaker.is_open:
             # With no sync client there is no keeper thread: probe in band.
-            if store.can_sync() or time.monotonic() < breaker.next_probe:
+            now = time.monotonic()
+            if store.can_sync() or now < breaker.next_probe:
                 return self._outage(key, n, mode)
-            breaker.next_probe = time.monotonic() + 0.1
+            breaker.next_probe = now + 0.1
             probing = True
         keys, args, frag, kfrag = self._op(mode, key, n)
         try:
             r = await store.acall(keys, args, 1, frag, kfrag)
         except StorageError as e:
-            store.trip(e)
+            if probing and breaker.is_open:
+                breaker.probe_failed(e, now)  # backs off if the error is a misconfiguration
+            else:
+                store.trip(e)
             return self._outage(key, n, mode)
         if probing:
             # Only this call, the in-band probe, may close the breaker: a call that was in
@@ -648,6 +652,7 @@ class Limiter:
             # is dead) says nothing of the store's health, and closing on it sent decisions
             # back to the store with nothing reconciled (30 of 20 admitted, a cluster test).
             breaker.close()
+            breaker.healthy()
         self._remember(key, n, r)
         return self._decision(r)
 
@@ -896,6 +901,21 @@ class Limiter:
     def degraded(self) -> bool:
         """True while Redis is unreachable and decisions are local (or constant)."""
         return self._store is not None and self._store.breaker.is_open
+
+    @property
+    def misconfigured(self) -> BaseException | None:
+        """While decisions are local because of an error that only a change of configuration
+        mends (a server certificate the client rejects, a wrong or missing password, a command
+        or key the ACL user may not use, a database index the server does not have): that
+        error (a ``StorageError``, its cause chained). Else None. Logged at ERROR on the
+        ``hotlimit`` logger once per distinct error; probes back off meanwhile (up to
+        ``hotlimit.redis.keeper.MISCONFIGURED_PROBE_CAP`` seconds apart) and the breaker
+        closes by itself once the configuration is fixed."""
+        store = self._store
+        if store is None:
+            return None
+        breaker = store.breaker
+        return breaker.misconfigured if breaker.is_open else None
 
     def close(self) -> None:
         """Sends hybrid mode's unsent consumption, then lets go of the Redis store; the store's

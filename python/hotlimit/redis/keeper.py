@@ -17,8 +17,19 @@ One daemon thread per process (the *keeper*) serves every store and limiter:
 * **Hybrid flushes.** Every ``sync_interval`` a hybrid limiter's consumption deltas go to Redis
   in one script call per slot, and the global remaining comes back into the local table.
 
+* **Misconfiguration.** An error no retry can mend (a server certificate the client rejects,
+  a wrong or missing password, a command or key the ACL user may not use, a database index the
+  server does not have) is logged at ERROR on the ``hotlimit`` logger, once per distinct error,
+  and kept in ``Breaker.misconfigured`` (``Limiter.misconfigured``) while it holds the breaker
+  open; the probes then back off, ``PROBE_INTERVAL`` doubling to ``MISCONFIGURED_PROBE_CAP``
+  (each one was a TLS handshake or a connection that the server logged, ten a second, for
+  good). Any other error (connection refused, a timeout) keeps the fast probes.
+
 The thread holds no locks across network calls that a request path needs; a hit never waits
-for it. After ``fork()`` the child starts its own thread and opens its own connections.
+for it. After ``fork()`` the child starts its own thread and opens its own connections. At
+interpreter exit the thread is stopped and joined (``EXIT_JOIN_TIMEOUT``) before the
+interpreter is torn down: a daemon thread still inside OpenSSL then (a ``rediss://`` handshake
+or read) crashed the process with SIGSEGV or SIGABRT.
 """
 
 from __future__ import annotations
@@ -26,7 +37,9 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import logging
 import os
+import ssl
 import threading
 import time
 import uuid
@@ -37,10 +50,17 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from hotlimit.redis.store import RedisStore
 
-__all__ = ["PROBE_INTERVAL", "Breaker", "keeper"]
+__all__ = ["MISCONFIGURED_PROBE_CAP", "PROBE_INTERVAL", "Breaker", "is_misconfiguration", "keeper"]
+
+_log = logging.getLogger("hotlimit")
 
 #: How often an open breaker probes Redis.
 PROBE_INTERVAL = 0.1
+#: While the breaker is open for a configuration error, the wait between probes doubles from
+#: PROBE_INTERVAL up to this many seconds.
+MISCONFIGURED_PROBE_CAP = 30.0
+#: How long interpreter exit waits for the keeper thread to finish its tick.
+EXIT_JOIN_TIMEOUT = 2.0
 #: Keys of outage consumption a limiter sends to Redis per keeper tick, after an outage.
 RECONCILE_BATCH = 4096
 #: How often a process renews its heartbeat, and how long one counts.
@@ -62,6 +82,70 @@ return redis.call('ZCARD', KEYS[1])
 MEMBER = uuid.uuid4().hex
 
 
+#: TLS alerts and handshake failures that say the two ends' configurations disagree.
+_SSL_CONFIG_REASONS = frozenset(
+    {
+        "CERTIFICATE_VERIFY_FAILED",
+        "WRONG_VERSION_NUMBER",
+        "TLSV1_ALERT_UNKNOWN_CA",
+        "TLSV1_ALERT_CERTIFICATE_REQUIRED",
+        "TLSV1_ALERT_PROTOCOL_VERSION",
+        "TLSV1_ALERT_DECRYPT_ERROR",
+        "SSLV3_ALERT_BAD_CERTIFICATE",
+        "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+        "SSLV3_ALERT_CERTIFICATE_REVOKED",
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+        "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+        "SSLV3_ALERT_HANDSHAKE_FAILURE",
+        "NO_PROTOCOLS_AVAILABLE",
+        "UNSUPPORTED_PROTOCOL",
+    }
+)
+#: Server replies (as redis-py words them, "ERR " dropped) no retry can mend.
+_CONFIG_REPLIES = (
+    "wrongpass",
+    "noauth",
+    "noperm",
+    "invalid password",
+    "invalid username-password",
+    "client sent auth, but no password is set",
+    "unknown command",
+    "db index is out of range",
+    "invalid db index",
+)
+
+
+def is_misconfiguration(error: BaseException) -> bool:
+    """Whether ``error`` (or an error in its chain of causes) is one that only a change of
+    configuration mends: a certificate rejected by either end, authentication, an ACL denial,
+    an unknown (renamed or disabled) command, a database index out of range."""
+    from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
+
+    seen: BaseException | None = error
+    for _ in range(8):  # a chain of causes is short; a cycle must not loop forever
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError | AuthenticationError | NoPermissionError):
+            return True
+        if isinstance(seen, ssl.SSLError) and seen.reason in _SSL_CONFIG_REASONS:
+            return True
+        if isinstance(seen, ResponseError) and str(seen).lower().startswith(_CONFIG_REPLIES):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _root(error: BaseException) -> BaseException:
+    """The first cause in the chain (the error redis-py or ssl raised), for messages."""
+    seen = error
+    for _ in range(8):
+        nxt = seen.__cause__ or seen.__context__
+        if nxt is None:
+            break
+        seen = nxt
+    return seen
+
+
 class Breaker:
     """Open while the store's Redis is failing. Trips once per outage; closes after a
     successful probe and reconciliation."""
@@ -75,6 +159,43 @@ class Breaker:
         self.next_probe = 0.0
         self.trips = 0
         self.last_error: BaseException | None = None
+        #: The configuration error holding the breaker open (see is_misconfiguration), or None.
+        self.misconfigured: BaseException | None = None
+        #: Configuration errors met since Redis last answered a real call: the probe waits
+        #: PROBE_INTERVAL * 2**streak, up to MISCONFIGURED_PROBE_CAP.
+        self.streak = 0
+        self._logged: set[str] = set()  # configuration errors logged at ERROR, once each
+
+    def _failed(self, error: BaseException) -> float:
+        """Notes a failure (under the lock); returns how long until the next probe."""
+        if not is_misconfiguration(error):
+            self.misconfigured = None
+            self.streak = 0
+            return PROBE_INTERVAL
+        self.misconfigured = error
+        wait = min(PROBE_INTERVAL * 2.0 ** min(self.streak, 60), MISCONFIGURED_PROBE_CAP)
+        self.streak += 1
+        return max(wait, PROBE_INTERVAL)
+
+    def _log_misconfigured(self, error: BaseException) -> None:
+        """Once per distinct configuration error: at ERROR on the ``hotlimit`` logger."""
+        if self.misconfigured is not error:
+            return
+        root = _root(error)
+        what = f"{type(root).__name__}: {root}"
+        with self._lock:
+            if what in self._logged or len(self._logged) >= 64:
+                return
+            self._logged.add(what)
+        store = self._store()
+        _log.error(
+            "hotlimit: redis%s is misconfigured (%s); decisions are local until the configuration "
+            "is fixed; probing again after %.1f s, backing off to every %.0f s",
+            f" at {store.describe()}" if store is not None else "",
+            what,
+            max(0.0, self.next_probe - time.monotonic()),
+            MISCONFIGURED_PROBE_CAP,
+        )
 
     def trip(self, error: BaseException) -> bool:
         """Opens the breaker; True if this call opened it (the caller reports the error)."""
@@ -84,8 +205,9 @@ class Breaker:
                 return False
             self.is_open = True
             self.opened_at = time.monotonic()
-            self.next_probe = self.opened_at + PROBE_INTERVAL
+            self.next_probe = self.opened_at + self._failed(error)
             self.trips += 1
+        self._log_misconfigured(error)
         store = self._store()
         if store is not None:
             for limiter in list(store.limiters):
@@ -93,11 +215,28 @@ class Breaker:
             keeper.watch(store)
         return True
 
+    def probe_failed(self, error: BaseException, now: float) -> None:
+        """A probe of the open breaker failed: the next one waits PROBE_INTERVAL, or longer
+        each time for a configuration error."""
+        with self._lock:
+            self.last_error = error
+            self.next_probe = now + self._failed(error)
+        self._log_misconfigured(error)
+
+    def healthy(self) -> None:
+        """Redis ran a real command (not a probe's PING): the backoff starts over, and a
+        configuration error met again is logged again."""
+        if self.streak or self._logged:
+            with self._lock:
+                self.streak = 0
+                self._logged.clear()
+
     def close(self) -> None:
         with self._lock:
             if not self.is_open:
                 return
             self.is_open = False
+            self.misconfigured = None
             self.closed_at = time.monotonic()
         store = self._store()
         if store is not None:
@@ -111,19 +250,25 @@ class _Keeper:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        #: Set at interpreter exit: the loop ends, and no thread starts again.
+        self._stopping = False
 
     def watch(self, store: RedisStore) -> None:
         with self._lock:
             self._stores.add(store)
+            if self._stopping:
+                return
             if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
                 self._pid = os.getpid()
                 self._thread = threading.Thread(target=self._run, name="hotlimit-keeper", daemon=True)
                 self._thread.start()
+        order_exit_hooks()
 
     def _run(self) -> None:
-        while True:
+        while not self._stopping:
             time.sleep(TICK)
-            self._tick_all()
+            if not self._stopping:
+                self._tick_all()
 
     def _tick_all(self) -> None:
         # In a function of its own: a loop variable in _run would keep the last store ticked
@@ -131,10 +276,24 @@ class _Keeper:
         # last error's traceback and whatever connections that held), until the process ends
         # or another store comes along and its collection lands in unrelated code.
         for store in list(self._stores):
+            if self._stopping:
+                return
             try:
                 _tick(store, time.monotonic())
             except Exception as e:  # pragma: no cover - the keeper must never die
                 store.report(e)
+
+    def stop(self, timeout: float) -> bool:
+        """Ends the thread's loop and waits up to ``timeout`` seconds for it (it finishes the
+        store it is ticking: at most a probe or a call, each bounded by ``redis_timeout``).
+        True if no thread runs any more."""
+        with self._lock:
+            self._stopping = True
+            thread = self._thread if self._pid == os.getpid() else None
+        if thread is None or thread is threading.current_thread():
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
 
     def after_fork_in_child(self) -> None:
         global MEMBER
@@ -162,7 +321,27 @@ def _flush_at_exit() -> None:
                 run_guarded(functools.partial(limiter._flush, None))
 
 
+def _stop_at_exit() -> None:
+    """The keeper is a daemon thread: Python does not wait for it, and tears the interpreter
+    (and OpenSSL) down around it. Stopped and joined here, in an atexit hook, while the
+    interpreter is whole; non-daemon threads have ended by then, so it served them to the
+    end."""
+    keeper.stop(EXIT_JOIN_TIMEOUT)
+
+
+def order_exit_hooks() -> None:
+    """Puts the keeper's stop first among the atexit hooks registered so far (they run last
+    registered, first run): before the hybrid flush (which then runs alone), and before
+    ``weakref.finalize``'s hook, registered with the first finalizer of the process, which
+    closes the clients' connections, the keeper's included."""
+    if keeper._stopping:
+        return  # exiting: the hooks are running (one added now would not run)
+    atexit.unregister(_stop_at_exit)
+    atexit.register(_stop_at_exit)
+
+
 atexit.register(_flush_at_exit)
+atexit.register(_stop_at_exit)
 
 
 def _tick(store: RedisStore, now: float) -> None:
@@ -176,8 +355,11 @@ def _tick(store: RedisStore, now: float) -> None:
         breaker.next_probe = now + PROBE_INTERVAL
         try:
             store.ping()
-        except Exception:
-            return  # still down; the next probe comes PROBE_INTERVAL later
+        except Exception as e:
+            # Still down: the next probe comes PROBE_INTERVAL later, or later still while the
+            # error is a configuration error.
+            breaker.probe_failed(e, now)
+            return
         # Up again: decisions go back to Redis now; what was admitted locally meanwhile
         # follows below, a batch a tick, so the backlog never delays the close.
         breaker.close()
@@ -190,6 +372,7 @@ def _tick(store: RedisStore, now: float) -> None:
         if now >= store.next_heartbeat:
             store.next_heartbeat = now + HEARTBEAT_INTERVAL
             store.heartbeat()
+            breaker.healthy()
         for limiter in list(store.limiters):
             if limiter._hybrid and now >= limiter._next_flush:
                 limiter._next_flush = now + limiter._sync_interval

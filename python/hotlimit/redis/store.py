@@ -505,6 +505,11 @@ class RedisStore:
                     # A store dropped without close() still closes its sockets.
                     weakref.finalize(self, client.close)
                     self._sync = client
+                    from hotlimit.redis.keeper import order_exit_hooks
+
+                    # At exit, the keeper (which uses this client) stops before that
+                    # finalizer's atexit hook closes its connections.
+                    order_exit_hooks()
         return self._sync
 
     def _loop_side(self) -> _LoopSide:
@@ -848,6 +853,13 @@ class RedisStore:
         if self.breaker.trip(error):
             for limiter in list(self.limiters):
                 limiter._report(error)
+
+    def describe(self) -> str:
+        """The server, for messages: the URL with its secrets masked, or the client's class."""
+        if self._url is not None:
+            return _safe_url(self._url)
+        client = self._sync if self._sync is not None else self._async
+        return f"a {type(client).__module__}.{type(client).__name__} client"
 
     def report(self, error: BaseException) -> None:
         for limiter in list(self.limiters):
