@@ -133,7 +133,7 @@ def test_deny_cache_vs_memory_mode(
     smoke = request.config.getoption("benchmark_disable")
     calls = 20_000 if smoke else 200_000
     shared = Limiter("2/hour", redis=redis_url, prefix="denyb:", redis_timeout=T)
-    local = Limiter("2/hour")
+    local = Limiter("2/hour", redis=False)
     for lim in (shared, local):
         lim.hit(KEY, 2)
         assert not lim.hit(KEY)
@@ -155,7 +155,7 @@ def test_hybrid_vs_memory_mode(
     smoke = request.config.getoption("benchmark_disable")
     calls = 20_000 if smoke else 200_000
     hybrid = Limiter(f"{BIG}/hour", redis=redis_url, prefix="hyb:", hybrid=True, redis_timeout=T)
-    local = Limiter(f"{BIG}/hour")
+    local = Limiter(f"{BIG}/hour", redis=False)
     keys = [f"user:{i:06d}" for i in range(1000)]
 
     def loop(hit: Callable[[str], object]) -> Callable[[], None]:

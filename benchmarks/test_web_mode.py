@@ -36,7 +36,9 @@ def _starlette_apps() -> dict[str, Any]:
         return PlainTextResponse("hi")
 
     plain = Starlette(routes=[Route("/hi", hello)])
-    ours = RateLimitMiddleware(Starlette(routes=[Route("/hi", hello)]), [Rule("/hi", Limiter(BIG))])
+    ours = RateLimitMiddleware(
+        Starlette(routes=[Route("/hi", hello)]), [Rule("/hi", Limiter(BIG, redis=False))]
+    )
     slow = SlowLimiter(key_func=get_remote_address)
 
     @slow.limit(BIG)
@@ -60,7 +62,7 @@ def _flask_apps() -> dict[str, Any]:
         return app
 
     plain, ours, theirs = make(), make(), make()
-    ours.wsgi_app = WSGIMiddleware(ours.wsgi_app, [Rule("/hi", Limiter(BIG))])  # type: ignore[method-assign]
+    ours.wsgi_app = WSGIMiddleware(ours.wsgi_app, [Rule("/hi", Limiter(BIG, redis=False))])  # type: ignore[method-assign]
     FlaskLimiter(get_remote_address, app=theirs, default_limits=[BIG], storage_uri="memory://")
     return {"Flask, no limiter": plain, "Flask + hotlimit": ours, "Flask + flask-limiter": theirs}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import gc
 import importlib.util
+import inspect
 import json
 import os
 import statistics
@@ -26,7 +27,20 @@ from hotlimit import _native
 from hotlimit.limiter import ALGORITHMS as _ALGORITHMS
 from hotlimit.limiter import Limiter
 
-__all__ = ["Case", "Result", "cases", "measure", "memory_per_key", "plot", "redis_cases", "run"]
+__all__ = [
+    "KEY_PREFIX",
+    "Case",
+    "Result",
+    "cases",
+    "close_limiters",
+    "measure",
+    "memory_per_key",
+    "plot",
+    "redis_cases",
+    "remove_keys",
+    "run",
+    "shared_limiter",
+]
 
 HOT_KEY = "user:000000000042"
 N_KEYS = 100_000
@@ -274,11 +288,10 @@ def run(
         "memory_bytes_per_key": memory,
     }
     if shared:
-        import os
-
         url = redis_url or os.environ.get("REDIS_URL")
         if url:
-            report["shared"] = run_shared(url, quick, say)
+            # The user's server: every key the run wrote is removed afterwards.
+            report["shared"] = run_shared(url, quick, say, remove=True)
         else:
             from hotlimit import _servers
 
@@ -435,6 +448,87 @@ def format_report(report: dict[str, Any]) -> str:
 REDIS_GROUP = "redis, one caller, hot key, allowed"
 BIG = 1_000_000  # a limit no run reaches: every decision is an allowance
 
+#: Every key the benchmark writes to a server starts with this, hotlimit's and the peers'
+#: alike, so that a run against a user's server can remove all of them and nothing else.
+KEY_PREFIX = "hotlimit-bench:"
+#: Redis and hybrid limiters made by ``shared_limiter`` and not closed yet.
+_OPEN: list[Limiter] = []
+
+
+def shared_limiter(rate: str, url: str, sub: str, **kw: Any) -> Limiter:
+    """A Redis limiter (hybrid only with ``hybrid=True``, never from ``HOTLIMIT_MODE``) whose
+    keys are under ``KEY_PREFIX + sub``; ``close_limiters()`` closes it if nothing else did.
+
+    The timeout is generous: a loaded machine must not switch a measured limiter to its local
+    fallback (the rows are decisions made by Redis)."""
+    kw.setdefault("hybrid", False)
+    kw.setdefault("redis_timeout", 2.0)
+    lim = Limiter(rate, redis=url, prefix=KEY_PREFIX + sub, **kw)
+    _OPEN.append(lim)
+    return lim
+
+
+def close_limiters() -> None:
+    """Closes every limiter ``shared_limiter`` made that is still open: none of them writes
+    to the server afterwards (a heartbeat, a hybrid flush)."""
+    while _OPEN:
+        lim = _OPEN.pop()
+        store = lim._store
+        if store is not None and lim in store.limiters:
+            lim.close()
+
+
+def remove_keys(url: str, prefix: str = KEY_PREFIX) -> int:
+    """Deletes every key under ``prefix`` (SCAN MATCH, UNLINK in batches; on a cluster, on
+    each primary). Returns how many were removed. A pass that removed keys is followed by
+    another (at most three), for a write in flight when the limiters closed."""
+    import redis
+
+    probe: Any = redis.Redis.from_url(url, socket_timeout=10)
+    cluster: Any = None
+    try:
+        try:
+            info: Any = probe.info("cluster")
+            is_cluster = bool(info.get("cluster_enabled"))
+        except redis.ResponseError:  # a server without cluster support
+            is_cluster = False
+        if is_cluster:
+            cluster = redis.RedisCluster.from_url(url, socket_timeout=10)
+            nodes: list[Any] = [cluster.get_redis_connection(n) for n in cluster.get_primaries()]
+        else:
+            nodes = [probe]
+        pattern = "".join(f"[{c}]" if c in "*?[]\\^" else c for c in prefix) + "*"
+        removed = 0
+        for attempt in range(3):
+            found = 0
+            for node in nodes:
+                batch: list[bytes] = []
+                for key in node.scan_iter(match=pattern, count=1000):
+                    batch.append(key)
+                    if len(batch) >= 500:
+                        found += _unlink(node, batch)
+                        batch = []
+                if batch:
+                    found += _unlink(node, batch)
+            removed += found
+            if not found:
+                break
+            if attempt < 2:
+                time.sleep(0.1)
+        return removed
+    finally:
+        probe.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _unlink(node: Any, keys: list[bytes]) -> int:
+    """One UNLINK per key, pipelined: keys in different cluster slots cannot share a call."""
+    pipe = node.pipeline(transaction=False)
+    for key in keys:
+        pipe.unlink(key)
+    return sum(int(n) for n in pipe.execute())
+
 
 def redis_cases(url: str) -> list[tuple[str, str, Callable[[], object]]]:
     """(name, algorithm, one decision) on one server: the floors, hotlimit, every peer installed."""
@@ -459,14 +553,12 @@ def redis_cases(url: str) -> list[tuple[str, str, Callable[[], object]]]:
     ]
     for alg in ALGORITHMS:
         rate = f"{BIG}/hour" if alg != "sliding_log" else "10000/hour"
-        # A generous timeout: a loaded machine must not switch a measured limiter to its
-        # local fallback (the rows are decisions made by Redis).
-        lim = Limiter(rate, algorithm=alg, redis=url, prefix="bench:", redis_timeout=2.0)  # type: ignore[arg-type]
+        lim = shared_limiter(rate, url, "redis:", algorithm=alg)
         out.append((f"hotlimit {alg} hit()", alg, functools.partial(lim.hit, HOT_KEY)))
     if have("limits"):
         from limits import RateLimitItemPerHour, storage, strategies
 
-        store = storage.RedisStorage(url)
+        store = storage.RedisStorage(url, key_prefix=f"{KEY_PREFIX}limits")
         for cls, alg in (
             (strategies.FixedWindowRateLimiter, "fixed_window"),
             (strategies.MovingWindowRateLimiter, "sliding_log"),
@@ -474,7 +566,9 @@ def redis_cases(url: str) -> list[tuple[str, str, Callable[[], object]]]:
         ):
             item = RateLimitItemPerHour(10_000 if alg == "sliding_log" else BIG)
             out.append((f"limits {cls.__name__}", alg, functools.partial(cls(store).hit, item, HOT_KEY)))
-    if have("throttled"):
+    # Before 3.5, throttled-py's keys could not be moved out of its default namespace, where
+    # the user's own would be: no rows, rather than keys the run cannot tell from theirs.
+    if have("throttled") and _throttled_has_key_prefix():
         from throttled import RateLimiterType, Throttled, rate_limiter
         from throttled import store as tstore
 
@@ -485,18 +579,29 @@ def redis_cases(url: str) -> list[tuple[str, str, Callable[[], object]]]:
             (RateLimiterType.FIXED_WINDOW, "fixed_window"),
             (RateLimiterType.SLIDING_WINDOW, "sliding_window"),
         ):
-            t = Throttled(using=kind.value, quota=rate_limiter.per_hour(BIG, burst=BIG), store=redis_store)
+            quota = rate_limiter.per_hour(BIG, burst=BIG)
+            t = Throttled(
+                using=kind.value, quota=quota, store=redis_store, key_prefix=f"{KEY_PREFIX}throttled"
+            )
             out.append((f"throttled-py {kind.value}", alg, functools.partial(t.limit, HOT_KEY)))
     if have("pyrate_limiter"):
         from pyrate_limiter import Duration, Rate, RedisBucket
         from pyrate_limiter import Limiter as PyrateLimiter
 
-        bucket = RedisBucket.init([Rate(10_000, Duration.HOUR)], redis.Redis.from_url(url), "bench-pyrate")
+        bucket = RedisBucket.init(
+            [Rate(10_000, Duration.HOUR)], redis.Redis.from_url(url), f"{KEY_PREFIX}pyrate"
+        )
         pyrate = PyrateLimiter(bucket)
         out.append(
             ("PyrateLimiter RedisBucket", "sliding_log", lambda: pyrate.try_acquire(HOT_KEY, blocking=False))
         )
     return out
+
+
+def _throttled_has_key_prefix() -> bool:
+    from throttled import Throttled
+
+    return "key_prefix" in inspect.signature(Throttled).parameters
 
 
 def median_ns(fn: Callable[[], object], calls: int, rounds: int) -> float:
@@ -545,10 +650,10 @@ _WORKER = textwrap.dedent(
     """
     import os, sys, time
     from hotlimit import Limiter
-    mode, n_keys, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    mode, n_keys, seconds, prefix = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
     url = os.environ.get("HOTLIMIT_BENCH_REDIS_URL", "")
     kw = {"redis": False} if mode == "memory" else {
-        "redis": url, "prefix": "tput:", "hybrid": mode == "hybrid", "redis_timeout": 2.0}
+        "redis": url, "prefix": prefix, "hybrid": mode == "hybrid", "redis_timeout": 2.0}
     lim = Limiter("1000000000/second" if mode != "redis" else "1000000/second", **kw)
     keys = [f"user:{i:09d}" for i in range(n_keys)]
     hit = lim.allow
@@ -620,7 +725,7 @@ def _run_workers(
 
 def throughput(url: str | None, mode: str, workers: int, n_keys: int, seconds: float) -> float:
     """Decisions per second of ``workers`` processes together, each calling as fast as it can."""
-    argv = [sys.executable, "-c", _WORKER, mode, str(n_keys), str(seconds)]
+    argv = [sys.executable, "-c", _WORKER, mode, str(n_keys), str(seconds), f"{KEY_PREFIX}tput:"]
     outs = _run_workers(argv, workers, lambda: time.time() + 0.05, url=url)
     return sum(int(n) for n in outs) / seconds
 
@@ -652,18 +757,34 @@ _ACCURACY = textwrap.dedent(
 
 def hybrid_accuracy(url: str, seconds: int = 2) -> float:
     """4 hybrid processes on one key, 1,000/second fixed window: allowed / limit."""
-    prefix = f"acc{time.monotonic_ns()}:"
+    prefix = f"{KEY_PREFIX}acc{time.monotonic_ns()}:"
     argv = [sys.executable, "-c", _ACCURACY, prefix, str(seconds)]
     # On a whole second, so the measured seconds are whole windows.
     outs = _run_workers(argv, 4, lambda: float(int(time.time() + 0.2)) + 1.0, url=url)
     return sum(int(n) for n in outs) / (1000 * seconds)
 
 
-def run_shared(url: str, quick: bool, say: Callable[[str], None]) -> dict[str, Any]:
-    """The Redis, hybrid and multi-process part of the report."""
+def run_shared(url: str, quick: bool, say: Callable[[str], None], remove: bool = False) -> dict[str, Any]:
+    """The Redis, hybrid and multi-process part of the report. Every limiter it made is closed
+    at the end; with ``remove`` (a user's server), every key it wrote is deleted too, also
+    when the run fails or is interrupted."""
+    try:
+        return _run_shared(url, quick, say)
+    finally:
+        close_limiters()
+        if remove:
+            try:
+                n = remove_keys(url)
+            except Exception as e:  # the run's own error, if any, is the one to see
+                say(f"could not remove the benchmark's keys ({KEY_PREFIX}*) from the server: {e!r}")
+            else:
+                say(f"removed the benchmark's {n:,} keys ({KEY_PREFIX}*) from the server")
+
+
+def _run_shared(url: str, quick: bool, say: Callable[[str], None]) -> dict[str, Any]:
     say("redis: floors, hotlimit and the peers on one server ...")
     redis_results = measure_redis(url, quick)
-    hybrid = Limiter(f"{BIG}/hour", redis=url, prefix="bench-hy:", hybrid=True, redis_timeout=2.0)
+    hybrid = shared_limiter(f"{BIG}/hour", url, "hybrid:", hybrid=True)
     local = Limiter(f"{BIG}/hour", redis=False)
     keys = _keys(1000)
     say("hybrid vs memory ...")

@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from hotlimit._bench import KEY_PREFIX, shared_limiter
 from hotlimit.limiter import Limiter
 
 __all__ = ["asgi_overhead", "async_vs_sync", "behind_uvicorn"]
@@ -57,7 +58,7 @@ def asgi_overhead(url: str | None, quick: bool) -> dict[str, float]:
     }
     hybrid = None
     if url:
-        hybrid = Limiter(BIG, redis=url, prefix="bench-web:", hybrid=True, redis_timeout=2.0)
+        hybrid = shared_limiter(BIG, url, "web:", hybrid=True)
         apps["+ hotlimit hybrid"] = RateLimitMiddleware(_starlette(), [Rule("/hi", hybrid)])
 
     async def receive() -> dict[str, Any]:
@@ -89,7 +90,7 @@ def async_vs_sync(url: str | None, quick: bool) -> dict[str, float]:
     out: dict[str, float] = {}
     limiters = {"memory": memory}
     if url:
-        limiters["hybrid"] = Limiter(BIG, redis=url, prefix="bench-as:", hybrid=True, redis_timeout=2.0)
+        limiters["hybrid"] = shared_limiter(BIG, url, "async:", hybrid=True)
     sync: dict[str, Callable[[], object]] = {}
     calls: dict[str, Callable[[int], Awaitable[None]]] = {}
     for mode, lim in limiters.items():
@@ -124,7 +125,7 @@ def _redis_async(url: str, rounds: int) -> dict[str, float]:
         client = redis.asyncio.Redis.from_url(url)
         one = await client.script_load("return 1")
         conn: Any = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
-        lim = Limiter(BIG, redis=url, prefix="bench-as:", redis_timeout=2.0, deny_cache=False)
+        lim = shared_limiter(BIG, url, "async:", deny_cache=False)
 
         async def floor(n: int) -> None:
             for _ in range(n):
@@ -189,8 +190,8 @@ _APP = textwrap.dedent(
     if mode == "memory":
         app = RateLimitMiddleware(app, [Rule("/hi", Limiter("1000000000/hour", redis=False))])
     elif mode == "hybrid":
-        lim = Limiter("1000000000/hour", redis=os.environ["HOTLIMIT_BENCH_REDIS_URL"], prefix="bench-uv:",
-                      hybrid=True, redis_timeout=2.0)
+        lim = Limiter("1000000000/hour", redis=os.environ["HOTLIMIT_BENCH_REDIS_URL"],
+                      prefix=os.environ["HOTLIMIT_BENCH_PREFIX"], hybrid=True, redis_timeout=2.0)
         app = RateLimitMiddleware(app, [Rule("/hi", lim)])
     """
 )
@@ -211,7 +212,10 @@ def behind_uvicorn(url: str | None, seconds: float, rounds: int = 2) -> dict[str
         try:
             for mode in modes:
                 port = _free_port()
-                env = {**os.environ, "HOTLIMIT_BENCH_MODE": mode, "HOTLIMIT_BENCH_REDIS_URL": url or ""}
+                env = {
+                    **os.environ, "HOTLIMIT_BENCH_MODE": mode, "HOTLIMIT_BENCH_REDIS_URL": url or "",
+                    "HOTLIMIT_BENCH_PREFIX": f"{KEY_PREFIX}uvicorn:",
+                }  # fmt: skip
                 argv = [
                     sys.executable, "-m", "uvicorn", "hotlimit_bench_app:app", "--app-dir", tmp,
                     "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
