@@ -156,3 +156,54 @@ def test_fork_while_threads_wait_for_the_sweeper_gate() -> None:
         for t in threads:
             t.join(60)
     assert hung == 0, f"{hung} of 60 children hung"
+
+
+_FORK_WHILE_BUILDING = """
+import os, sys, threading, warnings
+warnings.simplefilter("ignore", DeprecationWarning)
+from hotlimit import Limiter, hit_many
+stop = threading.Event()
+a, b = Limiter("1000/s"), Limiter("1000/minute")
+def build():
+    while not stop.is_set():
+        Limiter("10/s")
+def many():
+    while not stop.is_set():
+        hit_many([(a, "k"), (b, "k")])
+for target in (build, many):
+    threading.Thread(target=target, daemon=True).start()
+sys.setswitchinterval(1e-5)
+for i in range(150):
+    pid = os.fork()
+    if pid == 0:
+        import signal
+        signal.alarm(5)  # a hung child dies of SIGALRM
+        ok = all(d.allowed for d in hit_many([(a, "child"), (b, "child")]))
+        Limiter("1/s").hit("c")
+        os._exit(0 if ok else 2)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        print("child", i, "exit", os.waitstatus_to_exitcode(status), flush=True)
+        sys.exit(1)
+stop.set()
+print("done", flush=True)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
+def test_fork_while_other_threads_build_limiters_and_hit_many() -> None:
+    """Found trying to break the fork handling: (1) a thread building a Limiter while another
+    forked spun for the sweeper's registry with the GIL held, and the forking thread, which
+    holds the registry from its first at-fork handler to its last, never got the GIL back for
+    the Python handlers in between: the parent hung (3 of 3 runs); (2) a thread inside
+    hit_many held a module lock that the child inherited held: 5 of 20 children hung. The
+    parent must finish its forks and every child must work."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", _FORK_WHILE_BUILDING], capture_output=True, text=True, timeout=120
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the parent hung in fork()")
+    assert out.returncode == 0 and out.stdout.strip().endswith("done"), out.stdout + out.stderr

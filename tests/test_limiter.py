@@ -402,3 +402,34 @@ def test_hit_many_merges_a_str_key_with_its_bytes() -> None:
         hotlimit.hit_many([(limiter, "y"), (limiter, b"y")])
     assert [d.allowed for d in hotlimit.hit_many([(limiter, "é"), (limiter, "z")])] == [True, True]
     assert not limiter.hit("é".encode()).allowed
+
+
+def test_a_share_denies_a_cost_the_whole_limit_allows() -> None:
+    """A replica's share of a shared limit (hybrid mode, and the fallback in an outage) is a
+    smaller native limiter: a cost above the share but within the limit raised
+    InvalidCostError ("above this limiter's capacity of 5") where memory and Redis mode allow
+    it, and during an outage that reached the caller. It is now denied; a cost above the whole
+    limit is still the error every mode raises."""
+    limiter = Limiter("10/minute")
+    share = limiter._scaled(2, track=False)
+    d = share.hit("k", 7)
+    assert not d.allowed and d.retry_after > 0
+    assert not share.peek("k", 7).allowed and not share.allow("k", 7)
+    assert share.acquire("k", 7, timeout=0.01).allowed is False, "no wait that cannot end"
+    assert share.hit("k", 5).allowed, "nothing was consumed by the denials"
+    with pytest.raises(InvalidCostError, match="capacity of 10"):
+        share.hit("k", 11)
+
+
+def test_acquire_never_moves_a_manual_clock_past_its_maximum() -> None:
+    """acquire() on a ManualClock advances it by each wait: near the clock's maximum it used
+    to saturate past it (the clock then read 1.844e10 s, every later advance raised, and a token
+    bucket's arithmetic wrapped: 5 of 5 hits admitted on a 1-per-100-days key)."""
+    clock = ManualClock(1.8e10 - 10)
+    limiter = Limiter("1/100d", clock=clock)
+    assert limiter.hit("k").allowed
+    d = limiter.acquire("k", timeout=1.8e10)
+    assert not d.allowed, "the wait would pass the clock's maximum: denied"
+    assert clock.now() <= 1.8e10
+    assert [limiter.hit("k").allowed for _ in range(5)] == [False] * 5
+    clock.advance(0)  # still a valid clock

@@ -56,6 +56,9 @@ _stores_lock = threading.Lock()
 
 
 def _store_for(target: object, timeout: float, clock: ManualClock | None) -> RedisStore:
+    # Every module the Redis path imports later from inside functions, imported now: a
+    # module's first import in one thread while another forks leaves the child waiting on
+    # that module's import lock forever.
     from hotlimit.redis.store import RedisStore
 
     ident = (target if isinstance(target, str) else id(target), timeout, id(clock))
@@ -296,6 +299,7 @@ class Limiter:
             max_keys=self.max_keys,
             clock=self._clock,
             track=track,
+            max_cost=self.capacity,  # a cost the whole limit allows is denied, not an error
         )
 
     def _bind(self, target: object) -> None:
@@ -1202,3 +1206,15 @@ def _many_decisions(items: list[_Item], r: Sequence[int]) -> list[Decision]:
         d = lim._decision(r, 4 * i)
         out.append(d if ok else _not_consumed(d, items[i][2], lim))
     return out
+
+
+def _after_fork_in_child() -> None:
+    """A module lock held by another thread of the parent at fork() stays held in the child,
+    where that thread does not exist: replace them, never take them (a child forked while
+    another thread was in hit_many, or building a Redis limiter, waited forever)."""
+    global _stores_lock, _memory_many_lock
+    _stores_lock = threading.Lock()
+    _memory_many_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

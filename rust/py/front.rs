@@ -105,6 +105,7 @@ impl DenyFront {
         clock: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let limit = int_arg("limit", limit, 1, u64::MAX, true)?;
+        let py = capacity.py();
         let capacity = int_arg("capacity", capacity, 1, u64::MAX, true)?;
         let enabled = flag_arg("enabled", enabled, true)?;
         let max_keys = given(max_keys).map_or(Ok(65_536), |m| {
@@ -115,7 +116,7 @@ impl DenyFront {
         let cache = Arc::new(DenyCache::new(shards, max_keys, clock, Duration::from_secs(1)));
         if enabled {
             let swept: Arc<dyn Sweep> = cache.clone();
-            sweeper::register(&swept);
+            py.detach(|| sweeper::register(&swept)); // without the GIL: see NativeLimiter
         }
         Ok(DenyFront {
             cache,

@@ -34,6 +34,10 @@ pub struct NativeLimiter {
     /// With `track=True`: the units each key consumed since the last `drain`.
     tracker: Option<Tracker>,
     pool: Pool,
+    /// The largest cost accepted: the capacity, or (for a replica's share of a shared limit,
+    /// in hybrid mode and during an outage) the whole limit's, a cost above the share's own
+    /// capacity being denied rather than refused with an error the other modes do not raise.
+    max_cost: u64,
 }
 
 impl std::fmt::Debug for NativeLimiter {
@@ -68,14 +72,14 @@ impl NativeLimiter {
             )));
         }
         match cost.extract::<u64>() {
-            Ok(n) if n >= 1 && n <= self.params.capacity => Ok(n),
+            Ok(n) if n >= 1 && n <= self.max_cost => Ok(n),
             // Below 1, however far (-2**64 does not fit a u64 either, but is not "above").
             Ok(0) => Err(cost_below_one(cost)),
             Err(_) if cost.lt(0)? => Err(cost_below_one(cost)),
             _ => Err(InvalidCostError::new_err(format!(
                 "cost {} is above this limiter's capacity of {}: it could never be allowed",
                 shown(cost),
-                self.params.capacity
+                self.max_cost
             ))),
         }
     }
@@ -105,6 +109,14 @@ impl NativeLimiter {
 
     #[inline]
     fn decide(&self, key: &KeyHash, cost: u64, commit: bool) -> Outcome {
+        if cost > self.params.capacity {
+            // More than this share can ever hold (see `max_cost`): denied, nothing consumed;
+            // the rest of the answer is what a request for the whole share would get.
+            let mut o = self.decide(key, self.params.capacity, false);
+            o.allowed = false;
+            o.retry_after = o.retry_after.max(o.reset_after).max(1);
+            return o;
+        }
         match self.engine.decide(key, cost, commit) {
             Ok(o) => o,
             Err(Full) => {
@@ -132,7 +144,7 @@ impl NativeLimiter {
     #[new]
     #[pyo3(signature = (
         *, algorithm, limit, period_ns, burst = None, max_keys = None, shards = None,
-        clock = None, on_full = None, sweep_interval = None, track = None
+        clock = None, on_full = None, sweep_interval = None, track = None, max_cost = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -146,6 +158,7 @@ impl NativeLimiter {
         on_full: Option<&Bound<'_, PyAny>>,
         sweep_interval: Option<&Bound<'_, PyAny>>,
         track: Option<&Bound<'_, PyAny>>,
+        max_cost: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         // hotlimit.Limiter has checked all of these already, with the same messages; the checks
         // here keep this class from raising anything else (OverflowError, ...) when used alone.
@@ -198,9 +211,15 @@ impl NativeLimiter {
         };
         let clock = clock_arg(clock)?;
         let track = flag_arg("track", track, false)?;
+        let max_cost = given(max_cost)
+            .map(|m| int_arg("max_cost", m, params.capacity, u64::MAX, false))
+            .transpose()?
+            .unwrap_or(params.capacity);
         let engine = (params.algorithm.build)(&params, clock);
         let swept: Arc<dyn Sweep> = engine.clone();
-        sweeper::register(&swept);
+        // Without the GIL: a fork in progress holds the sweeper's registry from its first
+        // at-fork handler to its last, and Python handlers in between need the GIL back.
+        algorithm.py().detach(|| sweeper::register(&swept));
         Ok(NativeLimiter {
             engine,
             params,
@@ -208,6 +227,7 @@ impl NativeLimiter {
             full_events: AtomicU64::new(0),
             tracker: track.then(|| Tracker::new(params.max_keys)),
             pool: Pool::default(),
+            max_cost,
         })
     }
 
@@ -294,7 +314,8 @@ impl NativeLimiter {
         let deadline = timeout_ns(timeout)?.map(|t| clock.now().saturating_add(t));
         loop {
             let o = self.consume(key, &hash, cost);
-            if o.allowed {
+            if o.allowed || cost > self.params.capacity {
+                // (More than this share can hold: waiting would never end.)
                 return Ok(self.decision(o));
             }
             let now = clock.now();
@@ -302,11 +323,15 @@ impl NativeLimiter {
             if deadline.is_some_and(|d| now.saturating_add(wait) > d) {
                 return Ok(self.decision(o));
             }
-            let slice = if clock.is_manual() {
-                wait
-            } else {
-                wait.min(WAIT_SLICE.as_nanos() as u64)
-            };
+            if clock.is_manual() {
+                // A manual clock moves by the wait, never past the most it may read (it used
+                // to saturate there, wrap the algorithms' arithmetic and readmit).
+                if clock.try_advance(wait, MAX_CLOCK_NS).is_err() {
+                    return Ok(self.decision(o));
+                }
+                continue;
+            }
+            let slice = wait.min(WAIT_SLICE.as_nanos() as u64);
             py.detach(|| clock.sleep(slice));
             py.check_signals()?;
         }
