@@ -301,3 +301,17 @@ def test_a_sync_over_many_cluster_slots_is_pipelined(redis_cluster: servers.Clus
     for i in (0, 7_777, 19_999):
         assert _peek_global(url, "hpipe:", "1000000/day", f"k{i}", "fixed_window") == 1_000_000 - 2
     limiter.close()
+
+
+def test_len_and_stats_describe_the_table_that_decides(redis_server: servers.Server) -> None:
+    """Hybrid mode decides on a local table; len() and stats() described another one, always
+    empty (0 keys and 0 full events while the local table was full), found by the soak run."""
+    limiter = Limiter(
+        "100/minute", redis=redis_server.url, prefix="hst:", hybrid=True, max_keys=5, redis_timeout=T
+    )
+    for i in range(8):
+        limiter.hit(f"k{i}")
+    assert len(limiter) == 5
+    stats = limiter.stats()
+    assert stats["keys"] == 5 and stats["full_events"] == 3, stats
+    limiter.close()

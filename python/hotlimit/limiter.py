@@ -879,9 +879,15 @@ class Limiter:
     def max_keys(self) -> int:
         return self._native.max_keys
 
+    def _table(self) -> _native.NativeLimiter:
+        """The native table that decides in process: hybrid mode's local one (its replica's
+        share), else the limiter's own."""
+        local = self._local if self._hybrid else None
+        return local if local is not None else self._native
+
     def __len__(self) -> int:
-        """Keys currently tracked (in this process; memory mode)."""
-        return len(self._native)
+        """Keys currently tracked (in this process; memory and hybrid mode)."""
+        return len(self._table())
 
     def __bool__(self) -> bool:
         # A limiter is always truthy, tracked keys or not: `limiter or default` must not
@@ -890,11 +896,12 @@ class Limiter:
 
     def sweep(self) -> int:
         """Drops idle keys now (the background thread does it every ``sweep_interval``)."""
-        return self._native.sweep()
+        return self._table().sweep()
 
     def stats(self) -> dict[str, int]:
-        """``keys``, ``max_keys`` and ``full_events`` (requests that met a full table)."""
-        return self._native.stats()
+        """``keys``, ``max_keys`` and ``full_events`` (requests that met a full table); in
+        hybrid mode, of the local table that decides."""
+        return self._table().stats()
 
     @property
     def mode(self) -> str:
