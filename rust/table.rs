@@ -175,7 +175,7 @@ impl<S: Default> Table<S> {
         if let Some(e) = slots.map.find(h, |e| e.0 == k) {
             return Ok(f(&e.1));
         }
-        self.take_slot(index, slots, clock, &is_fresh)?;
+        self.take_slot(index, slots, clock, &is_fresh, false)?;
         if needs_compacting(&slots.map) {
             compact(slots);
         }
@@ -195,7 +195,7 @@ impl<S: Default> Table<S> {
         if guard.map.find(slot_hash(k), |e| e.0 == k).is_some() {
             return true;
         }
-        if self.take_slot(index, &mut guard, clock, &is_fresh).is_ok() {
+        if self.take_slot(index, &mut guard, clock, &is_fresh, true).is_ok() {
             self.len.fetch_sub(1, Ordering::Relaxed); // only asked: the slot stays free
             return true;
         }
@@ -213,19 +213,30 @@ impl<S: Default> Table<S> {
         slots: &mut Slots<S>,
         clock: &Clock,
         is_fresh: &impl Fn(&S, u64) -> bool,
+        asking: bool,
     ) -> Result<bool, Full> {
         if self.len.fetch_add(1, Ordering::Relaxed) < self.max_keys {
             return Ok(false);
         }
         self.len.fetch_sub(1, Ordering::Relaxed);
         let now = clock.now();
+        // Only asking (a peek): a search that finds nothing leaves the hands and the rotation
+        // where they were, so the hit that follows searches the same slots and answers the same.
+        let mut hands: Vec<(usize, usize)> = Vec::new();
+        if asking {
+            hands.push((own, slots.hand));
+        }
         let mut freed = reclaim(slots, RECLAIM_SCAN, |s| is_fresh(s, now));
         // Elsewhere when its own shard is too small to hold room (a small table over many
         // shards), and on one in ELSEWHERE_EVERY tries otherwise (a shard whose keys are all
         // live while others have idle ones): a flood against a table of live keys then pays
         // for the other shards' scan on a few of its new keys only.
         let start = if freed == 0 && self.shards.len() > 1 {
-            let tick = self.elsewhere.fetch_add(1, Ordering::Relaxed);
+            let tick = if asking {
+                self.elsewhere.load(Ordering::Relaxed)
+            } else {
+                self.elsewhere.fetch_add(1, Ordering::Relaxed)
+            };
             let small = slots.map.len() < RECLAIM_SCAN;
             // The start rotates over the shards from one such try to the next.
             (small || tick % ELSEWHERE_EVERY == 0).then_some(tick / ELSEWHERE_EVERY + tick % ELSEWHERE_EVERY)
@@ -245,12 +256,21 @@ impl<S: Default> Table<S> {
                     }
                     let scan = RECLAIM_SCAN.min(budget).min(other.map.num_buckets());
                     budget -= scan;
+                    if asking {
+                        hands.push((index, other.hand));
+                    }
                     freed = reclaim(&mut other, scan, |s| is_fresh(s, now));
                     if freed > 0 {
                         break;
                     }
+                    if asking {
+                        other.hand = hands.last().map_or(other.hand, |h| h.1);
+                    }
                 }
             }
+        }
+        if asking && freed == 0 {
+            slots.hand = hands[0].1;
         }
         self.len.fetch_sub(freed, Ordering::Relaxed);
         if self.len.fetch_add(1, Ordering::Relaxed) >= self.max_keys {

@@ -433,3 +433,20 @@ def test_acquire_never_moves_a_manual_clock_past_its_maximum() -> None:
     assert clock.now() <= 1.8e10
     assert [limiter.hit("k").allowed for _ in range(5)] == [False] * 5
     clock.advance(0)  # still a valid clock
+
+
+@pytest.mark.parametrize(("max_keys", "shards"), [(1, 1024), (64, 256)])
+def test_peek_answers_what_the_next_hit_does_at_the_bound(
+    clock: ManualClock, max_keys: int, shards: int
+) -> None:
+    """At max_keys, a new key's room is searched for in a bounded number of slots, from hands
+    that move on. A peek moved them too: with more than 64 shards, peek(new) said Full and the
+    very next hit(new) was allowed (the search had moved on to where room was)."""
+    limiter = Limiter("1/minute", max_keys=max_keys, shards=shards, clock=clock)
+    for i in range(max_keys):
+        assert limiter.hit(f"old{i}").allowed
+    clock.advance(60)  # every tracked key is fresh again: reclaimable
+    for i in range(2000):
+        key = f"new{i}"
+        expected = limiter.peek(key).allowed
+        assert limiter.hit(key).allowed == expected, f"new key {i}: peek said {expected}"
