@@ -397,3 +397,31 @@ def test_native_classes_raise_hotlimit_errors(
     raises OverflowError (nor a pyo3 TypeError) across the boundary."""
     e = _error(make)
     assert type(e) is error and named in str(e), f"{type(e).__name__}: {e}"
+
+
+def test_subclasses_are_read_for_their_value() -> None:
+    """An int or float subclass with its own arithmetic or comparisons: Rate() computed the
+    period with the subclass's __mul__ (a builtin ValueError or TypeError escaped), and memory
+    mode's cost check used the subclass's __lt__ ("above capacity" for -5, where Redis mode
+    said "at least 1"). Each is read for its value now."""
+
+    class F(float):
+        def __mul__(self, other: object) -> float:
+            return float("nan")
+
+        __rmul__ = __mul__
+
+    class I(int):  # noqa: E742 - a short name, as in the report
+        def __mul__(self, other: object) -> str:
+            return "x"
+
+        __rmul__ = __mul__
+
+    class Liar(int):
+        def __lt__(self, other: object) -> bool:
+            return False
+
+    assert Rate(1, F(1.0)).period_ns == 1_000_000_000
+    assert Rate(1, I(2)).period_ns == 2_000_000_000
+    with pytest.raises(InvalidCostError, match="at least 1"):
+        Limiter("5/s").hit("k", Liar(-5))

@@ -78,14 +78,14 @@ def _period_ns(period: float | timedelta) -> int:
         raise InvalidRateError(
             f"period must be seconds or a timedelta, got {type_name(period)}: {shown(period)}"
         )
-    elif isinstance(period, float) and not math.isfinite(period):
-        raise InvalidRateError(f"period must be a finite number of seconds, got {shown(period)}")
-    elif period > MAX_PERIOD_NS // _S:  # compared before scaling: 1e300 * 1e9 is inf
-        raise InvalidRateError(f"period must be at most 100 days, got {shown(period)}")
-    elif period < 0:
-        ns = 0
     else:
-        ns = round(period * _S)
+        # The value itself: a subclass's own arithmetic or comparisons must not change it.
+        value = float.__float__(period) if isinstance(period, float) else int.__index__(period)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidRateError(f"period must be a finite number of seconds, got {shown(period)}")
+        if value > MAX_PERIOD_NS // _S:  # compared before scaling: 1e300 * 1e9 is inf
+            raise InvalidRateError(f"period must be at most 100 days, got {shown(period)}")
+        ns = 0 if value < 0 else round(value * _S)
     if ns < _MS or ns % _MS:
         raise InvalidRateError(
             f"period must be a whole number of milliseconds, at least 1 ms; got {shown(period)}"

@@ -75,7 +75,17 @@ impl NativeLimiter {
             Ok(n) if n >= 1 && n <= self.max_cost => Ok(n),
             // Below 1, however far (-2**64 does not fit a u64 either, but is not "above").
             Ok(0) => Err(cost_below_one(cost)),
-            Err(_) if cost.lt(0)? => Err(cost_below_one(cost)),
+            // int's own comparison: an int subclass's __lt__ must not change the answer.
+            Err(_)
+                if cost
+                    .py()
+                    .get_type::<PyInt>()
+                    .getattr("__lt__")?
+                    .call1((cost, 0))?
+                    .is_truthy()? =>
+            {
+                Err(cost_below_one(cost))
+            }
             _ => Err(InvalidCostError::new_err(format!(
                 "cost {} is above this limiter's capacity of {}: it could never be allowed",
                 shown(cost),
