@@ -315,3 +315,21 @@ def test_len_and_stats_describe_the_table_that_decides(redis_server: servers.Ser
     stats = limiter.stats()
     assert stats["keys"] == 5 and stats["full_events"] == 3, stats
     limiter.close()
+
+
+def test_the_first_hybrid_limiter_starts_with_its_share(redis_server: servers.Server) -> None:
+    """A process's first heartbeat is synchronous, so a new hybrid limiter starts with its
+    replica's share. The first limiter of a store was not registered yet when that heartbeat
+    ran, so its prefix was left out: it started with the whole limit (remaining 9 of 10 where
+    the share of two replicas is 5)."""
+    url = redis_server.url.rsplit("/", 1)[0] + "/3"  # a URL no other test uses: its own store
+    probe = redis.Redis.from_url(url)
+    now_ms = int(probe.time()[0]) * 1000
+    probe.zadd("hfirst:replicas", {"another-replica": now_ms + 3_600_000})
+    limiter = Limiter(
+        "10/minute", redis=url, prefix="hfirst:", hybrid=True, sync_interval=60, redis_timeout=T
+    )
+    assert limiter._local_n == 2, "two replicas from the start"
+    assert limiter.peek("k").remaining == 4, "the share of two: 5, less the peeked unit"
+    limiter.close()
+    probe.close()

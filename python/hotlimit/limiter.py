@@ -271,7 +271,9 @@ class Limiter:
                 )
             self._hybrid = True
             try:
-                self._store.heartbeat()
+                # Its own prefix too: the first hybrid limiter of a store is not registered
+                # yet, and its first share was the whole limit until the keeper's heartbeat.
+                self._store.heartbeat(also=self.prefix)
             except StorageError as e:
                 self._store.trip(e)
             self._rebuild_local(self._store.replicas.get(self.prefix, 1))

@@ -887,12 +887,16 @@ class RedisStore:
                 pool.disconnect(inuse_connections=False)
             raise StorageError(f"redis did not answer a probe: {e}") from e
 
-    def heartbeat(self) -> None:
-        """Renews this process's heartbeat under each prefix in use; updates ``replicas``."""
+    def heartbeat(self, also: str | None = None) -> None:
+        """Renews this process's heartbeat under each prefix in use (and ``also``: a limiter
+        not registered yet); updates ``replicas``."""
         from hotlimit.redis.keeper import HEARTBEAT_LUA, HEARTBEAT_TTL_MS, MEMBER
 
         client: Any = self._sync_client()
-        for prefix in {lim.prefix for lim in list(self.limiters)}:
+        prefixes = {lim.prefix for lim in list(self.limiters)}
+        if also is not None:
+            prefixes.add(also)
+        for prefix in prefixes:
             try:
                 # Plain EVAL, once a second: keeps EVALSHA counts to the decisions themselves.
                 n = client.eval(HEARTBEAT_LUA, 1, f"{prefix}replicas", MEMBER, HEARTBEAT_TTL_MS)
