@@ -244,6 +244,39 @@ class Cluster:
     def url(self) -> str:
         return self.nodes[0].url
 
+    def owner(self, slot: int) -> int:
+        """The port of the primary serving ``slot``."""
+        client = redis.Redis(port=self.nodes[0].port, socket_timeout=5)
+        try:
+            ranges: Any = client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+            for first, last, primary, *_ in ranges:
+                if first <= slot <= last:
+                    return int(primary[1])
+            raise RuntimeError(f"slot {slot} is served by no node")
+        finally:
+            client.close()
+
+    def migrate(self, slot: int, to_port: int) -> None:
+        """Moves ``slot`` and its keys to the node on ``to_port``, as redis-cli --cluster
+        reshard does: IMPORTING / MIGRATING, MIGRATE in batches, then SETSLOT NODE everywhere."""
+        src_port = self.owner(slot)
+        clients = {n.port: redis.Redis(port=n.port, socket_timeout=10) for n in self.nodes}
+        try:
+            ids = {p: c.execute_command("CLUSTER", "MYID").decode() for p, c in clients.items()}  # type: ignore[no-untyped-call]
+            src, dst = clients[src_port], clients[to_port]
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[src_port])  # type: ignore[no-untyped-call]
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[to_port])  # type: ignore[no-untyped-call]
+            while True:
+                keys: Any = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)  # type: ignore[no-untyped-call]
+                if not keys:
+                    break
+                src.execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "KEYS", *keys)  # type: ignore[no-untyped-call]
+            for c in clients.values():
+                c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[to_port])  # type: ignore[no-untyped-call]
+        finally:
+            for c in clients.values():
+                c.close()
+
     def close(self) -> None:
         for n in self.nodes:
             n.close()

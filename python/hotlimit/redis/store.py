@@ -27,7 +27,7 @@ import redis
 import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import AskError, ClusterDownError, NoScriptError, RedisError, TryAgainError
 from redis.retry import Retry
 
 from hotlimit._check import seconds, wrong_type
@@ -764,10 +764,15 @@ class RedisStore:
         for node, idx in by_node.values():
             self._pipeline(client.get_redis_connection(node), idx, full, counts, replies)
         for i, r in enumerate(replies):
-            if isinstance(r, ResponseError) and str(r).split(" ", 1)[0] in ("MOVED", "ASK", "TRYAGAIN"):
+            # (MovedError is an AskError; redis-py parses the server's MOVED / ASK / TRYAGAIN.)
+            if isinstance(r, AskError | TryAgainError | ClusterDownError):
                 # The slot moved since the client's view: through the client, which follows it.
                 try:
-                    replies[i] = client.evalsha(SHA, counts[i], *full[i])
+                    try:
+                        replies[i] = client.evalsha(SHA, counts[i], *full[i])
+                    except NoScriptError:  # a node new to this client (the slot moved there)
+                        client.script_load(SOURCE)
+                        replies[i] = client.evalsha(SHA, counts[i], *full[i])
                 except RedisError as e:
                     replies[i] = e
         return [
