@@ -562,7 +562,9 @@ def _used(client: redis.Redis, key: str, prefix: str) -> int:
         probe.close()
 
 
-@pytest.mark.parametrize(("how", "hybrid"), [("kill", False), ("failover", False), ("kill", True)])
+@pytest.mark.parametrize(
+    ("how", "hybrid"), [("kill", False), ("failover", False), ("kill", True), ("failover", True)]
+)
 def test_a_sentinel_failover_is_followed(how: str, hybrid: bool) -> None:
     """A primary behind Sentinel dies (SIGKILL) or is failed over (SENTINEL FAILOVER). Before,
     the lane's connection redialled the address it last had instead of asking Sentinel:
@@ -619,6 +621,10 @@ def test_a_sentinel_failover_is_followed(how: str, hybrid: bool) -> None:
         used = _used(new_primary, "k", prefix)
         if how == "kill":
             assert used == admitted, f"{admitted} admitted, {used} in the new primary"
+        # After SENTINEL FAILOVER, what went to the old primary between the promotion and the
+        # next check (a quarter of a second) is lost when it resyncs: not counted exactly. Hybrid
+        # syncs, through the client's pool, kept going there until Sentinel demoted it, about
+        # 10 s (73% of the units lost in a run with four threads): the 5 s bound above fails.
         # From now on, every unit goes to the new primary, once.
         more = sum(bool(limiter.hit("k")) for _ in range(100))
         if hybrid:
@@ -701,3 +707,22 @@ def test_resharding_under_load_loses_nothing(redis_cluster: servers.Cluster, how
         stored += int(raw.split()[1]) if raw else 0
     probe.close()
     assert stored == sum(admitted), f"{sum(admitted)} admitted, {stored} in Redis"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0?ssl_password=x",
+        "redis://user:s3cr#t@127.0.0.1:6379/0",
+        "redis://u:pa?ss@h:1/0",
+    ],
+)
+def test_urls_redis_py_cannot_use_are_refused_with_secrets_masked(url: str) -> None:
+    """An option the scheme does not take (?ssl_password= on redis://) passed the constructor
+    and the first hit() raised a builtin TypeError; a password holding "#" or "?" showed in the
+    message (the masking split the URL at "?" first, and redis-py's reason quoted a piece)."""
+    with pytest.raises(InvalidArgumentError) as info:
+        Limiter("5/second", redis=url)
+    message = str(info.value)
+    for secret in ("s3cr", "pa?ss", "ss@"):
+        assert secret not in message, message
