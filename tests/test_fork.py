@@ -12,6 +12,21 @@ import pytest
 from hotlimit import Limiter, ManualClock
 
 
+def _hung(pid: int, seconds: float) -> bool:
+    """Waits up to ``seconds`` for a forked child, which must exit 0; True (and the child
+    killed) if it is still running then."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return False
+        time.sleep(0.002)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    return True
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
 def test_forked_child_limits_and_sweeps() -> None:
     clock = ManualClock()
@@ -82,17 +97,7 @@ def test_fork_while_another_thread_sweeps() -> None:
                 finally:
                     os._exit(code)
             forked.set()
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    assert os.waitstatus_to_exitcode(status) == 0
-                    break
-                time.sleep(0.01)
-            else:
-                hung += 1
-                os.kill(pid, 9)
-                os.waitpid(pid, 0)
+            hung += _hung(pid, 60)
     finally:
         forked.set()
         worker.join(120)
@@ -140,17 +145,7 @@ def test_fork_while_threads_wait_for_the_sweeper_gate() -> None:
                     code = 0 if ok else 2
                 finally:
                     os._exit(code)
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    assert os.waitstatus_to_exitcode(status) == 0
-                    break
-                time.sleep(0.002)
-            else:
-                hung += 1
-                os.kill(pid, 9)
-                os.waitpid(pid, 0)
+            hung += _hung(pid, 20)
     finally:
         stop.set()
         for t in threads:
