@@ -245,8 +245,20 @@ class Cluster:
         return self.nodes[0].url
 
     def owner(self, slot: int) -> int:
-        """The port of the primary serving ``slot``."""
-        client = redis.Redis(port=self.nodes[0].port, socket_timeout=5)
+        """The port of the primary serving ``slot``, once every node agrees (right after a
+        move, a node's view can lag until the new configuration reaches it by gossip)."""
+        deadline = time.monotonic() + 10
+        while True:
+            seen = {self._owner_seen_by(n.port, slot) for n in self.nodes}
+            if len(seen) == 1 or time.monotonic() > deadline:
+                if len(seen) != 1:
+                    raise RuntimeError(f"the nodes disagree on who serves slot {slot}: {seen}")
+                return seen.pop()
+            time.sleep(0.05)
+
+    @staticmethod
+    def _owner_seen_by(port: int, slot: int) -> int:
+        client = redis.Redis(port=port, socket_timeout=5)
         try:
             ranges: Any = client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
             for first, last, primary, *_ in ranges:

@@ -261,20 +261,52 @@ class _AsyncLane:
                     r.future.set_result(None)
 
 
+def _cluster_nodes(client: Any) -> list[Any]:
+    """Every node object an asyncio cluster client holds. Its own ``aclose()`` closes only
+    those of its node table; after a second start (a MOVED reply, a lost node) the slot table
+    holds other objects for the same nodes, whose connections it never closes (redis-py
+    keeps the old table's objects and takes the new ones into the slot table)."""
+    manager = client.nodes_manager
+    nodes = {
+        id(node): node
+        for table in (getattr(manager, "nodes_cache", {}), getattr(manager, "startup_nodes", {}))
+        for node in table.values()
+    }
+    for owners in getattr(manager, "slots_cache", {}).values():
+        for node in owners:
+            nodes.setdefault(id(node), node)
+    return list(nodes.values())
+
+
 def _async_connections(client: Any) -> list[Any]:
     """Every connection an asyncio client (standalone or cluster) holds."""
     if isinstance(client, redis.asyncio.RedisCluster):
-        manager = client.nodes_manager
-        # The nodes it found, and the ones it was started from (the URL's node, replaced by
-        # the found ones after the start but still holding the start's connection).
-        nodes = {
-            id(node): node
-            for table in (getattr(manager, "nodes_cache", {}), getattr(manager, "startup_nodes", {}))
-            for node in table.values()
-        }
-        return [conn for node in nodes.values() for conn in getattr(node, "_connections", ())]
+        return [conn for node in _cluster_nodes(client) for conn in getattr(node, "_connections", ())]
     pool = client.connection_pool
     return [*getattr(pool, "_available_connections", ()), *getattr(pool, "_in_use_connections", ())]
+
+
+def _close_sync_client(client: Any) -> None:
+    """Closes a sync client; for a cluster, also the connection of the node it started from,
+    which its ``close()`` leaves open when that node object is not in its node table."""
+    client.close()
+    if isinstance(client, redis.RedisCluster):
+        for node in list(getattr(client.nodes_manager, "startup_nodes", {}).values()):
+            conn = getattr(node, "redis_connection", None)
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+
+
+async def _aclose_client(client: Any) -> None:
+    """Closes an asyncio client in its own loop, with the cluster nodes its ``aclose()``
+    misses (see _cluster_nodes)."""
+    extra = _cluster_nodes(client) if isinstance(client, redis.asyncio.RedisCluster) else []
+    await client.aclose()
+    for node in extra:
+        if any(conn.is_connected for conn in getattr(node, "_connections", ())):
+            with contextlib.suppress(Exception):  # closing only; a dead peer may complain
+                await node.disconnect()
 
 
 def _abandon_if_ended(client: Any, loop: asyncio.AbstractEventLoop) -> None:
@@ -432,7 +464,7 @@ class _LoopSide:
         loop = self.loop
         if loop is not None and not loop.is_closed() and loop.is_running():
             with contextlib.suppress(RuntimeError):
-                asyncio.run_coroutine_threadsafe(self.client.aclose(), loop)
+                asyncio.run_coroutine_threadsafe(_aclose_client(self.client), loop)
             return
         _abandon_client(self.client)
 
@@ -518,7 +550,7 @@ class RedisStore:
                     else:
                         client = redis.Redis.from_url(self._url, **self._client_options())
                     # A store dropped without close() still closes its sockets.
-                    weakref.finalize(self, client.close)
+                    weakref.finalize(self, _close_sync_client, client)
                     self._sync = client
                     from hotlimit.redis.keeper import order_exit_hooks
 
@@ -997,7 +1029,7 @@ class RedisStore:
         if side.finalizer is not None:
             side.finalizer.detach()
         if self._own_clients:
-            await side.client.aclose()
+            await _aclose_client(side.client)
 
     def close(self) -> None:
         """Gives back the dedicated connections; closes the clients made from a URL."""
@@ -1009,7 +1041,7 @@ class RedisStore:
         for pool, conn in conns:
             pool.release(conn)
         if self._own_clients and self._sync is not None:
-            self._sync.close()
+            _close_sync_client(self._sync)
             self._sync = None
         sides, self._loops = self._loops, {}
         if not self._own_clients:
