@@ -261,3 +261,42 @@ def test_cluster_node_dies() -> None:
         load.report(f"cluster node SIGKILL, detected in {detect * 1000:.0f} ms, recovered in {took:.2f} s")
         assert not load.errors, load.errors[:3]
         assert errors
+
+
+@pytest.mark.parametrize("use", ["hit", "ahit", "hit_many", "reset"])
+def test_closed_during_an_outage_then_used_again(use: str) -> None:
+    """close() while Redis was down, Redis back, the limiter used again (``async with`` in one
+    event loop after another does this): it stayed degraded for good, deciding locally, since
+    the keeper leaves a closed store alone and a released limiter heard nothing of the
+    breaker. Its first use now registers it again: the breaker closes, and what the outage
+    admitted reaches Redis."""
+    with fresh_server() as server:
+        limiter = Limiter("1000/hour", redis=server.url, prefix=f"reuse{use}:", redis_timeout=0.5)
+        assert limiter.hit("k").allowed
+        server.kill()
+        wait_for(lambda: not limiter.hit("k").allowed or limiter.degraded, 30.0)
+        wait_for(lambda: limiter.degraded, 30.0)
+        for _ in range(30):
+            assert limiter.hit("k").allowed
+        limiter.close()
+        server.revive()
+
+        def used() -> bool:
+            if use == "hit":
+                limiter.hit("other")
+            elif use == "ahit":
+                asyncio.run(limiter.ahit("other"))
+            elif use == "hit_many":
+                limiter.hit_many(["other"])
+            else:
+                limiter.reset("other")
+            return not limiter.degraded
+
+        wait_for(used, 30.0)
+        # 1 before the outage, at least 31 during it (the hits that found it, and 30 more).
+        probe = Limiter(
+            "1000/hour", redis=server.url, prefix=f"reuse{use}:", deny_cache=False, redis_timeout=5.0
+        )
+        wait_for(lambda: probe.peek("k").remaining <= 1000 - 32, 30.0)
+        probe.close()
+        limiter.close()

@@ -254,3 +254,80 @@ def test_a_process_using_rediss_exits_cleanly(tls_server: servers.Server, tmp_pa
     assert not crashed, f"{len(crashed)} of {len(results)} runs failed: {crashed[:3]}"
     running = [out for _, out in results if out != "keeper stopped"]
     assert not running, f"{len(running)} of {len(results)} runs: {running[:3]}"
+
+
+_DAEMON_CHILD = """
+import atexit, sys, threading, time
+import redis.connection as rc
+
+# Redis commands sent or awaited, counted where redis-py does its socket work.
+active, started = [0], [0]
+send, read = rc.AbstractConnection.send_packed_command, rc.AbstractConnection.read_response
+
+def counted(f, starts):
+    def wrapper(*a, **k):
+        active[0] += 1
+        started[0] += starts
+        try:
+            return f(*a, **k)
+        finally:
+            active[0] -= 1
+    return wrapper
+
+rc.AbstractConnection.send_packed_command = counted(send, 1)
+rc.AbstractConnection.read_response = counted(read, 0)
+
+def last():
+    # Registered before hotlimit is imported, so it runs after hotlimit's exit hooks: what
+    # the daemon threads still do on the wire now, they would do while OpenSSL is torn down.
+    busy, before = active[0], started[0]
+    time.sleep(0.05)
+    sys.stdout.write(f"{busy} in progress, {started[0] - before} started\\n")
+    sys.stdout.flush()
+
+atexit.register(last)
+from hotlimit import Limiter
+
+lim = Limiter("1000000/day", redis=sys.argv[1], prefix="daemons:")
+
+def work(n):
+    calls = (lim.hit, lim.allow, lim.peek)
+    i = 0
+    while True:
+        calls[i % 3](f"k{n}-{i % 50}")
+        i += 1
+
+for n in range(3):
+    threading.Thread(target=work, args=(n,), daemon=True).start()
+time.sleep(float(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("server", ["redis_server", "tls_server"])
+def test_exit_while_daemon_threads_call_redis(
+    server: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A user's daemon threads calling hit() / allow() / peek() when the program exits.
+
+    1. One of them waiting on Redis wants the GIL back while the interpreter finalises, and
+       CPython before 3.14 ends it with pthread_exit, an unwind through the native front that
+       called the store path: SIGABRT in every run. Such a thread now parks, as in 3.14.
+    2. They went on calling Redis through the exit hooks and into finalisation; with TLS, one
+       opening a connection while the exit handlers tore OpenSSL down killed the process
+       (SIGSEGV in 3 of 100 runs). Now the calls in progress land before hotlimit's exit hooks
+       go on and no new one starts: checked in every run, after every exit hook."""
+    url = request.getfixturevalue(server).url
+    script = tmp_path / "child.py"
+    script.write_text(_DAEMON_CHILD)
+
+    def run(i: int) -> tuple[int, str]:
+        pause = str(0.02 + 0.01 * (i % 4))  # at start-up (connections opening) or after
+        p = subprocess.run(
+            [sys.executable, str(script), url, pause], capture_output=True, text=True, timeout=60
+        )
+        return p.returncode, p.stdout.strip() + p.stderr[-500:]
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(run, range(12)))
+    failed = [r for r in results if r != (0, "0 in progress, 0 started")]
+    assert not failed, f"{len(failed)} of {len(results)} runs: {failed[:3]}"

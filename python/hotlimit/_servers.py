@@ -283,8 +283,12 @@ class Cluster:
                 if not keys:
                     break
                 src.execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "KEYS", *keys)  # type: ignore[no-untyped-call]
-            for c in clients.values():
-                c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[to_port])  # type: ignore[no-untyped-call]
+            # The destination first (it bumps its config epoch, so its claim wins the gossip),
+            # then the source, then the rest: sent to the nodes in port order, a slot moved
+            # back and forth stayed claimed by two nodes (the nodes disagreed for 10 s in CI).
+            order = [to_port, src_port, *(p for p in clients if p not in (to_port, src_port))]
+            for p in order:
+                clients[p].execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[to_port])  # type: ignore[no-untyped-call]
         finally:
             for c in clients.values():
                 c.close()

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyInt};
+use pyo3::types::{PyBool, PyInt, PyTuple};
 
 use super::args::*;
 use super::decision::Decision;
@@ -84,11 +84,57 @@ impl DenyFront {
                 "this limiter has been closed and collected",
             ));
         };
-        match cost {
-            Some(c) => f.bind(py).call1((key, c)),
-            None => f.bind(py).call1((key, 1)),
+        let args = match cost {
+            Some(c) => PyTuple::new(py, [key, c])?,
+            None => PyTuple::new(py, [key.clone(), 1u64.into_pyobject(py)?.into_any()])?,
+        };
+        call_python(f.bind(py), &args)
+    }
+}
+
+/// Hangs the thread it is dropped on, unless a Rust panic is unwinding.
+///
+/// Before 3.14, a thread that wants the GIL back while the interpreter finalises (a daemon
+/// thread whose Redis call was on the wire at exit) is ended with `pthread_exit`, a forced
+/// unwind. Through the Python code a front calls it would reach this module's frames and
+/// pyo3's `extern "C"` trampoline, and the process aborted (SIGABRT at exit, every run with
+/// two daemon threads calling `hit()`). Dropped by that unwind, this guard parks the thread
+/// for good instead, which is what Python 3.14 itself does with such threads.
+struct HangIfExiting;
+
+impl Drop for HangIfExiting {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return; // a Rust panic: pyo3 turns it into PanicException as usual
+        }
+        loop {
+            std::thread::park();
         }
     }
+}
+
+extern "C-unwind" {
+    // pyo3's declaration is "C": a call that cannot unwind, so the compiler drops the guard's
+    // cleanup around it and the forced unwind still aborts. Declared here as what it is.
+    fn PyObject_Call(
+        callable: *mut pyo3::ffi::PyObject,
+        args: *mut pyo3::ffi::PyObject,
+        kwargs: *mut pyo3::ffi::PyObject,
+    ) -> *mut pyo3::ffi::PyObject;
+}
+
+/// `f(*args)` for Python code that may release the GIL (the store path's network calls).
+/// The arguments are built by the caller, so no Rust value with a destructor sits between
+/// the guard and the interpreter: a forced unwind meets the guard first, and nothing is
+/// released without the GIL.
+fn call_python<'py>(f: &Bound<'py, PyAny>, args: &Bound<'py, PyTuple>) -> PyResult<Bound<'py, PyAny>> {
+    let guard = HangIfExiting;
+    // SAFETY: both pointers are live Python objects held by the caller, with the GIL held;
+    // PyObject_Call returns a new reference or NULL with an exception set.
+    let out = unsafe { PyObject_Call(f.as_ptr(), args.as_ptr(), std::ptr::null_mut()) };
+    std::mem::forget(guard);
+    // SAFETY: as above; a NULL becomes the PyErr the call set.
+    unsafe { Bound::from_owned_ptr_or_err(f.py(), out) }
 }
 
 #[pymethods]

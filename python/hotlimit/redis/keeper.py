@@ -265,6 +265,9 @@ class _Keeper:
         order_exit_hooks()
 
     def _run(self) -> None:
+        from hotlimit.redis.store import EXIT_GATE
+
+        EXIT_GATE.exempt.add(threading.get_ident())  # stopped and joined at exit, in order
         while not self._stopping:
             time.sleep(TICK)
             if not self._stopping:
@@ -297,7 +300,10 @@ class _Keeper:
 
     def after_fork_in_child(self) -> None:
         global MEMBER
+        from hotlimit.redis.store import EXIT_GATE  # imported already: it imports this module
+
         MEMBER = uuid.uuid4().hex
+        EXIT_GATE.after_fork_in_child()
         self._thread = None
         self._pid = os.getpid()
         self._lock = threading.Lock()
@@ -329,19 +335,36 @@ def _stop_at_exit() -> None:
     keeper.stop(EXIT_JOIN_TIMEOUT)
 
 
+def _close_gate_at_exit() -> None:
+    """First of hotlimit's exit hooks: other threads' Redis calls land, new ones stay out
+    (see store._ExitGate)."""
+    global _exit_started
+    from hotlimit.redis.store import EXIT_GATE
+
+    _exit_started = True
+    EXIT_GATE.close()
+
+
 def order_exit_hooks() -> None:
     """Puts the keeper's stop first among the atexit hooks registered so far (they run last
     registered, first run): before the hybrid flush (which then runs alone), and before
     ``weakref.finalize``'s hook, registered with the first finalizer of the process, which
     closes the clients' connections, the keeper's included."""
-    if keeper._stopping:
-        return  # exiting: the hooks are running (one added now would not run)
+    if _exit_started or keeper._stopping:
+        # Exiting: the hooks are running, and one unregistered and added again now would
+        # not run at all (the keeper's stop was lost that way when a thread made a client
+        # while the gate waited).
+        return
     atexit.unregister(_stop_at_exit)
+    atexit.unregister(_close_gate_at_exit)
     atexit.register(_stop_at_exit)
+    atexit.register(_close_gate_at_exit)
 
 
+_exit_started = False
 atexit.register(_flush_at_exit)
 atexit.register(_stop_at_exit)
+atexit.register(_close_gate_at_exit)
 
 
 def _tick(store: RedisStore, now: float) -> None:
