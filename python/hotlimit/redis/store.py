@@ -459,8 +459,11 @@ class _ExitGate:
     def close(self) -> None:
         self.exempt.add(threading.get_ident())
         self.closing = True
-        # A call: a connect and a reply, each within the timeout, and one retry of both.
-        deadline = time.monotonic() + min(EXIT_DRAIN_LIMIT, 4 * self.longest + 0.05)
+        # A call: a connect (a TLS handshake, the client's set-up commands), a send and a
+        # reply, each within the timeout, and one retry of all three; and a second at least, as the Python
+        # between those steps is slow on a starved machine (at 0.25 s, a connection still
+        # being set up went on sending after the gate gave up, 3 runs in 12 of a loaded CI).
+        deadline = time.monotonic() + min(EXIT_DRAIN_LIMIT, max(EXIT_DRAIN_MIN, 6 * self.longest))
         while self.inside > 0 and time.monotonic() < deadline:
             time.sleep(0.002)
 
@@ -469,8 +472,10 @@ class _ExitGate:
         self.inside = 0  # the parent's calls in progress are not the child's
 
 
-#: At most this long at exit for Redis calls in progress (see _ExitGate).
-EXIT_DRAIN_LIMIT = 2.0
+#: How long at exit for Redis calls in progress at most, and at least if some are (see
+#: _ExitGate).
+EXIT_DRAIN_LIMIT = 5.0
+EXIT_DRAIN_MIN = 1.0
 EXIT_GATE = _ExitGate()
 
 
