@@ -756,6 +756,7 @@ def test_resharding_under_load_loses_nothing(redis_cluster: servers.Cluster, how
         "redis://127.0.0.1:6379/0?ssl_password=x",
         "redis://user:s3cr#t@127.0.0.1:6379/0",
         "redis://u:pa?ss@h:1/0",
+        "rediss://u:s3cr3t@localhost:1/0?ssl_cert_reqs=bogus",  # was a raw redis.RedisError
     ],
 )
 def test_urls_redis_py_cannot_use_are_refused_with_secrets_masked(url: str) -> None:
@@ -767,3 +768,61 @@ def test_urls_redis_py_cannot_use_are_refused_with_secrets_masked(url: str) -> N
     message = str(info.value)
     for secret in ("s3cr", "pa?ss", "ss@"):
         assert secret not in message, message
+
+
+def test_close_racing_other_threads_calls(redis_server: servers.Server) -> None:
+    """Threads hit their own keys while another calls close() every 2 ms (the limiter is used
+    again at once, see README). close() gave each lane's connection back to the pool while the
+    lane's flight was still reading from it; a lane made meanwhile took it, and the two read
+    each other's replies: callers got another key's decision (5 runs in 5), and the breaker
+    opened on a healthy server. Each key is set in its own band of `remaining` first, so a
+    crossed reply shows; with on_redis_error="deny" an outage decision shows too."""
+    errors: list[BaseException] = []
+    prefix = f"race{os.getpid()}:"
+    lim = Limiter(
+        "1000000/hour",
+        algorithm="fixed_window",
+        redis=redis_server.url,
+        prefix=prefix,
+        deny_cache=False,
+        redis_timeout=2.0,
+        on_error=errors.append,
+        on_redis_error="deny",
+    )
+    for n in range(4):
+        lim.hit(f"t{n}", cost=(n + 1) * 100_000)  # t<n> then answers 900,000 - 100,000 n - hits
+    stop = time.monotonic() + 2.0
+    crossed: list[tuple[str, int]] = []
+    hits = [0] * 4
+    denied = [0]
+
+    def worker(n: int) -> None:
+        while time.monotonic() < stop:
+            d = lim.hit(f"t{n}")
+            if not d.allowed:
+                denied[0] += 1
+                continue
+            hits[n] += 1
+            if (900_000 - d.remaining - 1) // 100_000 != n:
+                crossed.append((f"t{n}", d.remaining))
+
+    def closer() -> None:
+        while time.monotonic() < stop:
+            lim.close()
+            time.sleep(0.002)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    threads.append(threading.Thread(target=closer))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    lim.close()
+    assert not crossed, f"{len(crossed)} decisions were another key's: {crossed[:4]}"
+    assert not errors, f"{len(errors)} store errors on a healthy server: {errors[:3]}"
+    assert denied[0] == 0, f"{denied[0]} outage decisions on a healthy server"
+    probe = redis.Redis.from_url(redis_server.url)
+    stored = [int(probe.get(lim.redis_key(f"t{n}")).split()[1]) for n in range(4)]  # type: ignore[union-attr]
+    probe.close()
+    assert stored == [(n + 1) * 100_000 + hits[n] for n in range(4)], (stored, hits)
+    assert sum(hits) > 100, "too few calls raced the closes to test anything"

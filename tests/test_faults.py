@@ -17,6 +17,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 import redis
@@ -300,3 +301,84 @@ def test_closed_during_an_outage_then_used_again(use: str) -> None:
         wait_for(lambda: probe.peek("k").remaining <= 1000 - 32, 30.0)
         probe.close()
         limiter.close()
+
+
+_HYBRID_EXIT_CHILD = """
+import os, signal, sys
+from hotlimit import Limiter
+
+url, pid = sys.argv[1], int(sys.argv[2])
+limiters = [
+    Limiter("1000/minute", redis=url, hybrid=True, prefix=f"hx{i}:", redis_timeout=0.5) for i in range(20)
+]
+for lim in limiters:
+    lim.hit("k")
+os.kill(pid, signal.SIGSTOP)  # the server hangs as the program exits
+print("exiting", flush=True)
+"""
+
+
+def test_exit_with_many_hybrid_limiters_on_a_hung_server() -> None:
+    """The last flush at exit went limiter by limiter, and at exit a failure does not open the
+    breaker: each of 20 hybrid limiters waited its whole timeout on a hung server (0.5 s: 10 s
+    to exit; 1 s: 20 s). One failure now ends the store's flush; the exit takes about one
+    timeout plus the keeper's stop."""
+    import subprocess
+    import sys
+
+    with fresh_server() as server:
+        child = subprocess.Popen(
+            [sys.executable, "-c", _HYBRID_EXIT_CHILD, server.url, str(server.process.pid)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline().strip() == "exiting"
+            t0 = time.monotonic()
+            assert child.wait(60) == 0
+            took = time.monotonic() - t0
+        finally:
+            server.resume()
+            if child.poll() is None:
+                child.kill()
+    assert took < 5.0, f"exit took {took:.1f} s"  # 10 s before; about 1 s now
+
+
+@pytest.mark.parametrize("closing", ["close", "aclose", "close, hybrid"])
+def test_closed_during_an_outage_and_never_used_again(closing: str) -> None:
+    """close() while Redis was down, and the limiter never used again: what it admitted during
+    the outage was lost (0 of 31 units reached Redis). It now stays with the keeper, which
+    sends it once the server is back, and then lets the limiter go."""
+    hybrid = closing.endswith("hybrid")
+    prefix = f"never{closing[0]}{int(hybrid)}:"
+    with fresh_server() as server:
+        # A fixed window: no refill to blur the count (the next window is a day away).
+        kw: dict[str, Any] = {"algorithm": "fixed_window", "redis": server.url, "prefix": prefix}
+        limiter = Limiter("1000/day", **kw, redis_timeout=0.5, hybrid=hybrid)
+        store = limiter._store
+        assert store is not None
+        admitted = [0]
+
+        def hit(lim: Limiter = limiter) -> None:
+            admitted[0] += lim.hit("k").allowed
+
+        assert limiter.hit("warm").allowed
+        server.kill()  # it comes back empty: "k" is hit during the outage only
+        wait_for(lambda h=hit: h() or store.breaker.is_open, 30.0)  # type: ignore[misc]
+        for _ in range(30):
+            hit()
+        assert admitted[0] >= 31
+        if closing == "aclose":
+            asyncio.run(limiter.aclose())
+        else:
+            limiter.close()
+        del limiter, hit
+        gc.collect()
+        server.revive()
+        probe = Limiter("1000/day", **kw, deny_cache=False, redis_timeout=5.0)
+        # A peek answers what would be left after the request it asks about: one more.
+        wait_for(lambda: probe.peek("k").remaining <= 1000 - admitted[0] - 1, 30.0)
+        wait_for(lambda: not store.draining, 30.0)  # then let go
+        assert probe.peek("k").remaining == 1000 - admitted[0] - 1  # each unit once
+        probe.close()

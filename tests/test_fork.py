@@ -202,3 +202,88 @@ def test_fork_while_other_threads_build_limiters_and_hit_many() -> None:
     except subprocess.TimeoutExpired:
         pytest.fail("the parent hung in fork()")
     assert out.returncode == 0 and out.stdout.strip().endswith("done"), out.stdout + out.stderr
+
+
+_IMPORTS_CHILD = """
+import sys, threading, time
+
+seen = []
+
+def hook(event, args):
+    if event == "import" and threading.current_thread() is not threading.main_thread():
+        seen.append(args[0])
+
+sys.addaudithook(hook)
+from hotlimit import Limiter
+
+lim = Limiter("1000/day", redis=sys.argv[1], prefix="imports:", hybrid=sys.argv[2] == "hybrid")
+time.sleep(1.5)  # the keeper's first ticks: heartbeats, its connections
+print(sorted(set(seen)))
+lim.close()
+"""
+
+
+@pytest.mark.parametrize("backend", ["redis_server", "redis_cluster"])
+@pytest.mark.parametrize("mode", ["redis", "hybrid"])
+def test_background_threads_import_nothing(backend: str, mode: str, request: pytest.FixtureRequest) -> None:
+    """A pre-fork server makes its limiter, then forks workers at once. The keeper thread made
+    the first connections, and importing what redis-py and the socket module import lazily
+    (secrets, the idna codec): a fork while it held one of those modules' import locks left
+    the lock held in the worker, whose first hit() hung for good (11 runs in 80, under load).
+    Whatever hotlimit's background threads need is imported by then; an audit hook records
+    every import made by a thread other than the main one."""
+    import subprocess
+
+    url = request.getfixturevalue(backend).url
+    out = subprocess.run(
+        [sys.executable, "-c", _IMPORTS_CHILD, url, mode], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", f"imported by a background thread: {out.stdout.strip()}"
+
+
+_EXIT_CHILD = """
+import os, sys, threading, time
+from hotlimit import Limiter
+
+lim = Limiter("1000/day", redis=sys.argv[1], prefix="forkexit:")
+lim.hit("k")  # the parent's client, its pool and a lane's connection
+pool = lim._store._sync.connection_pool
+inside, leave = threading.Event(), threading.Event()
+
+def holder():
+    with pool._lock:  # another thread inside the pool at fork(), made certain
+        inside.set()
+        leave.wait()
+
+threading.Thread(target=holder, daemon=True).start()
+inside.wait()
+pid = os.fork()
+leave.set()
+if pid == 0:
+    lim.hit("k")  # the child's own client
+    sys.exit(0)  # its exit hooks run
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print("child", os.waitstatus_to_exitcode(status))
+        break
+    time.sleep(0.01)
+else:
+    os.kill(pid, 9)
+    print("child hung at exit")
+lim.close()
+"""
+
+
+def test_a_forked_child_exits_without_touching_the_parents_client(redis_server: object) -> None:
+    """The finalizer that closes a store's client when the store is dropped was inherited by
+    forked children, and ran at the child's exit on the parent's client: closing its pool
+    took the pool's lock, held in the child forever if a parent thread held it at fork()
+    (4 runs in 50 of a worker's normal exit hung). A child forgets the parent's finalizers."""
+    import subprocess
+
+    url = redis_server.url  # type: ignore[attr-defined]
+    out = subprocess.run([sys.executable, "-c", _EXIT_CHILD, url], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "child 0", out.stdout + out.stderr[-2000:]

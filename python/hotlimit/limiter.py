@@ -240,7 +240,9 @@ class Limiter:
         self._constant = _Constant(self, allowed=on_redis_error == "allow")  # "allow" / "deny"
         self._on_error = on_error
         self._sync_interval = float(sync_interval)
-        self._next_flush = 0.0
+        # The first sync one interval after the start, as every later one (at 0, the keeper
+        # synced at its next tick, whatever the interval: a test of the fold raced it).
+        self._next_flush = time.monotonic() + self._sync_interval
         self._pending: dict[Key, int] = {}
         #: Script calls of pending units whose reply did not arrive (a timeout, a dropped
         #: connection): sent again as they were, id included, before anything else, so the
@@ -485,7 +487,11 @@ class Limiter:
     def _has_backlog(self) -> bool:
         """Outage consumption not yet in Redis (tracked natively, or drained and pending)."""
         fb = self._fallback
-        return bool(self._pending) or (fb is not None and fb.stats().get("unsent_keys", 0) > 0)
+        return (
+            bool(self._pending)
+            or bool(self._unsettled)
+            or (fb is not None and fb.stats().get("unsent_keys", 0) > 0)
+        )
 
     def _flush(self, limit: int | None = FLUSH_KEYS) -> None:
         """Hybrid: sends the consumption since the last flush (at most ``limit`` keys of it:
@@ -966,12 +972,23 @@ class Limiter:
         if self._store is not None:
             if self._hybrid:
                 await asyncio.get_running_loop().run_in_executor(None, self._flush_quietly)
-            await self._store.arelease(self)
+            if self._has_backlog():
+                self._store.release_after_backlog(self)  # see _release
+                await self._store.close_this_loop()
+            else:
+                await self._store.arelease(self)
             self._unbind_until_used()
 
     def _release(self) -> None:
-        assert self._store is not None
-        self._store.release(self)
+        store = self._store
+        assert store is not None
+        if self._has_backlog():
+            # Closed during an outage: what it admitted meanwhile still goes to Redis, sent by
+            # the keeper once the server is back; then it is let go (before, those units were
+            # lost unless the limiter was used again).
+            store.release_after_backlog(self)
+        else:
+            store.release(self)
         self._unbind_until_used()
 
     def _unbind_until_used(self) -> None:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import functools
 import logging
 import os
 import ssl
@@ -61,6 +60,8 @@ PROBE_INTERVAL = 0.1
 MISCONFIGURED_PROBE_CAP = 30.0
 #: How long interpreter exit waits for the keeper thread to finish its tick.
 EXIT_JOIN_TIMEOUT = 2.0
+#: The hybrid limiters' last flush at exit takes at most about this long, all stores together.
+EXIT_FLUSH_LIMIT = 2.0
 #: Keys of outage consumption a limiter sends to Redis per keeper tick, after an outage.
 RECONCILE_BATCH = 4096
 #: How often a process renews its heartbeat, and how long one counts.
@@ -318,13 +319,23 @@ os.register_at_fork(after_in_child=keeper.after_fork_in_child)
 
 
 def _flush_at_exit() -> None:
-    """Hybrid limiters send their last consumption when the interpreter exits."""
+    """Hybrid limiters send their last consumption when the interpreter exits, within
+    EXIT_FLUSH_LIMIT seconds in all. A store whose flush fails is not tried again for its
+    other limiters: at exit a failure does not open the breaker, and each of them waited
+    the whole timeout (20 limiters on a hung server with a 1 s timeout: 20 s to exit)."""
+    deadline = time.monotonic() + EXIT_FLUSH_LIMIT
     for store in list(keeper._stores):
         if store.breaker.is_open:
             continue
         for limiter in list(store.limiters):
-            if limiter._hybrid:
-                run_guarded(functools.partial(limiter._flush, None))
+            if not limiter._hybrid:
+                continue
+            if time.monotonic() > deadline:
+                return
+            try:
+                limiter._flush(None)
+            except Exception:  # best effort at exit; the rest of this store would fail too
+                break
 
 
 def _stop_at_exit() -> None:
@@ -400,6 +411,9 @@ def _tick(store: RedisStore, now: float) -> None:
             if limiter._hybrid and now >= limiter._next_flush:
                 limiter._next_flush = now + limiter._sync_interval
                 limiter._flush()
+        for limiter in list(store.draining):
+            if not limiter._has_backlog():
+                store.release(limiter)  # closed during an outage: its backlog is in Redis now
     except Exception as e:
         # A store closed (and perhaps reopened) meanwhile failed because of that, not Redis.
         if store.generation == generation:

@@ -16,7 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+
+# Imported here, in the thread that imports hotlimit, because something on the store's path
+# imports them lazily the first time: redis-py's ConnectionPool() imports secrets, and a
+# str host's getaddrinfo() the idna codec. The keeper thread makes the first connections;
+# a fork() (a pre-fork server's workers) while it was inside one of those imports left the
+# module's import lock held in the child, whose first hit() then hung for good (11 runs in
+# 80 of "make a limiter, fork 4 workers, hit").
+import encodings.idna  # noqa: F401
 import re
+import secrets  # noqa: F401
 import threading
 import time
 import weakref
@@ -144,12 +153,34 @@ def _packed(batch: list[_Request], time_args: Args) -> bytes:
 
 
 class _SyncLane:
-    def __init__(self, run: Runner, time_args: Callable[[], Args]) -> None:
+    def __init__(
+        self, run: Runner, time_args: Callable[[], Args], let_go: Callable[[], None] | None = None
+    ) -> None:
         self._run = run
         self._time_args = time_args
         self._lock = threading.Lock()
         self._queue: list[_Request] = []
         self._busy = False
+        #: Gives the lane's connection back; called once, when the lane is retired and idle.
+        self._let_go = let_go
+        self._retired = False
+
+    def retire(self) -> None:
+        """The store closed: the connection goes back to its pool once no flight uses it.
+        Given back at once, it could be handed to another lane while this one's flight was
+        still reading from it, and the two read each other's replies (a caller got another
+        key's decision while a thread called close() in a loop)."""
+        with self._lock:
+            self._retired = True
+            idle = not self._busy
+        if idle:
+            self._give_back()
+
+    def _give_back(self) -> None:
+        with self._lock:
+            let_go, self._let_go = self._let_go, None
+        if let_go is not None:
+            let_go()
 
     def submit(self, req: _Request) -> Reply:
         with self._lock:
@@ -179,6 +210,7 @@ class _SyncLane:
                     if not self._queue or flights > LEADER_EXTRA_FLIGHTS:
                         break
         finally:
+            idle_retired = False
             with self._lock:
                 if self._queue:
                     nxt = self._queue[0]
@@ -187,6 +219,9 @@ class _SyncLane:
                     nxt.event.release()
                 else:
                     self._busy = False
+                    idle_retired = self._retired
+            if idle_retired:
+                self._give_back()
         return req.outcome()
 
     def _flight(self, batch: list[_Request]) -> None:
@@ -286,9 +321,14 @@ def _async_connections(client: Any) -> list[Any]:
     return [*getattr(pool, "_available_connections", ()), *getattr(pool, "_in_use_connections", ())]
 
 
-def _close_sync_client(client: Any) -> None:
+def _close_sync_client(client: Any, in_use: bool = True) -> None:
     """Closes a sync client; for a cluster, also the connection of the node it started from,
-    which its ``close()`` leaves open when that node object is not in its node table."""
+    which its ``close()`` leaves open when that node object is not in its node table. With
+    ``in_use=False`` (a close() while the store may be in use), connections in use are not cut:
+    a lane's flight may be reading from one (the lane disconnects it when it gives it back)."""
+    if isinstance(client, redis.Redis):
+        client.connection_pool.disconnect(inuse_connections=in_use)
+        return
     client.close()
     if isinstance(client, redis.RedisCluster):
         for node in list(getattr(client.nodes_manager, "startup_nodes", {}).values()):
@@ -409,7 +449,7 @@ def check_url(url: str) -> None:
         # (?ssl_password= on redis://) raised TypeError at the first call, past every check.
         cls = options.pop("connection_class", redis.Connection)
         cls(**options)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, RedisError) as e:  # ?ssl_cert_reqs=bogus: a RedisError
         reason = str(e)
         # redis-py's reason may quote part of the URL: never a piece of its user-info.
         if "@" in url.partition("://")[2]:
@@ -477,6 +517,9 @@ class _ExitGate:
 EXIT_DRAIN_LIMIT = 5.0
 EXIT_DRAIN_MIN = 1.0
 EXIT_GATE = _ExitGate()
+#: What a forked child inherited from its parent's stores, kept alive, never used (see
+#: RedisStore.after_fork_in_child).
+_INHERITED: list[object] = []
 
 
 class _LoopSide:
@@ -570,12 +613,17 @@ class RedisStore:
         self.closed = False
         self.generation = 0
         self.limiters: weakref.WeakSet[Limiter] = weakref.WeakSet()
+        #: Closed limiters whose outage consumption the keeper is still to send (see
+        #: release_after_backlog): held strongly until it is sent.
+        self.draining: set[Limiter] = set()
         #: Live processes per key prefix, from the heartbeats (1 until the first one).
         self.replicas: dict[str, int] = {}
         self.next_heartbeat = 0.0
         self._sentinel_next = 0.0  # see _follow_sentinel
         self._sync_lanes: dict[int, _SyncLane] = {}
-        self._sync_conns: list[Any] = []
+        #: weakref.finalize hooks that close or give back what this store holds when it is
+        #: dropped unclosed; a forked child detaches them (they hold the parent's objects).
+        self._finalizers: list[weakref.finalize[Any, Any]] = []
         #: The asyncio side, one per event loop that used this store (a client, its lanes and
         #: dedicated connections belong to one loop); a user's asyncio client under ``None``.
         self._loops: dict[asyncio.AbstractEventLoop | None, _LoopSide] = {}
@@ -610,7 +658,7 @@ class RedisStore:
                     else:
                         client = redis.Redis.from_url(self._url, **self._client_options())
                     # A store dropped without close() still closes its sockets.
-                    weakref.finalize(self, _close_sync_client, client)
+                    self._finalizers.append(weakref.finalize(self, _close_sync_client, client))
                     self._sync = client
                     from hotlimit.redis.keeper import order_exit_hooks
 
@@ -700,11 +748,12 @@ class RedisStore:
             with self._lock:
                 lane = self._sync_lanes.get(slot)
                 if lane is None:
+                    let_go = None
                     if isinstance(client, redis.RedisCluster):
                         run = self._cluster_runner(client)
                     else:
-                        run = self._connection_runner(client)
-                    lane = self._sync_lanes[slot] = _SyncLane(run, self._time_args)
+                        run, let_go = self._connection_runner(client)
+                    lane = self._sync_lanes[slot] = _SyncLane(run, self._time_args, let_go)
         return lane
 
     def _cluster_runner(self, client: Any) -> Runner:
@@ -718,7 +767,7 @@ class RedisStore:
 
         return run
 
-    def _connection_runner(self, client: redis.Redis) -> Runner:
+    def _connection_runner(self, client: redis.Redis) -> tuple[Runner, Callable[[], None]]:
         pool: Any = client.connection_pool  # redis-py's connections are untyped
         holder: list[Any] = []
         sentinel = _sentinel_master_pool(pool)
@@ -735,9 +784,9 @@ class RedisStore:
                 # redis-py's ConnectionError reached the caller).
                 conn = pool.get_connection()
                 holder.append(conn)
-                self._sync_conns.append((pool, conn))
                 if not self._own_clients:
-                    weakref.finalize(self, pool.release, conn)
+                    # A store dropped unclosed gives it back to the user's pool.
+                    self._finalizers.append(weakref.finalize(self, pool.release, conn))
             conn = holder[0]
             try:
                 if conn._sock is None:
@@ -762,14 +811,28 @@ class RedisStore:
         def run(batch: list[_Request], time_args: Args) -> list[Any]:
             command = _packed(batch, time_args)
             try:
-                return once(command)
-            except redis.ConnectionError:
-                # A connection that went stale while idle (server restart, failover, idle
-                # timeout): one more try on a new connection. (A timeout is not a
-                # ConnectionError in redis-py, so a hung server is not waited on twice.)
-                return once(command)
+                try:
+                    return once(command)
+                except redis.ConnectionError:
+                    # A connection that went stale while idle (server restart, failover, idle
+                    # timeout): one more try on a new connection. (A timeout is not a
+                    # ConnectionError in redis-py, so a hung server is not waited on twice.)
+                    return once(command)
+            finally:
+                if retired:
+                    let_go()  # a caller that reached this lane after it was retired
 
-        return run
+        retired: list[bool] = []
+
+        def let_go() -> None:
+            retired.append(True)
+            if holder:
+                conn = holder.pop()
+                if self._own_clients:
+                    conn.disconnect()  # its pool is closing
+                pool.release(conn)
+
+        return run, let_go
 
     def _async_lane(self, slot: int) -> _AsyncLane:
         side = self._loop_side()
@@ -980,6 +1043,7 @@ class RedisStore:
         from hotlimit.redis.keeper import keeper
 
         self.closed = False
+        self.draining.discard(limiter)  # closed with a backlog, and used again
         self.limiters.add(limiter)
         if self.can_sync():
             keeper.watch(self)
@@ -1061,8 +1125,17 @@ class RedisStore:
         would shut them down under the parent) and start over."""
         # A lock held by a parent thread at fork() stays held in the child: replace, never take.
         self._lock = threading.Lock()
+        # The parent's clients, lanes and connections are kept, unused, for the child's life:
+        # dropped here, redis-py's Redis.__del__ closed the parent's pool in the child, taking
+        # the pool's lock, which a parent thread held at fork(): the child hung.
+        _INHERITED.append((self._sync, self._sync_lanes, self._loops, self._retired))
         self._sync_lanes = {}
-        self._sync_conns = []
+        # Their objects are the parent's: run at the child's exit, closing the parent's client
+        # took its pool's lock, which a parent thread held at fork(), and the child's exit hung
+        # (4 runs in 50 of a forked worker's normal exit).
+        for fin in self._finalizers:
+            fin.detach()
+        self._finalizers = []
         for side in [*self._loops.values(), *self._retired.values()]:
             if side.finalizer is not None:
                 side.finalizer.detach()  # the parent's client: the parent closes it
@@ -1074,8 +1147,15 @@ class RedisStore:
         for limiter in list(self.limiters):
             limiter._after_fork_in_child()
 
+    def release_after_backlog(self, limiter: Limiter) -> None:
+        """A limiter closed with outage consumption not yet in Redis: it stays registered
+        (held here, so that dropping it loses nothing) until the keeper has sent it, then is
+        released."""
+        self.draining.add(limiter)
+
     def release(self, limiter: Limiter) -> None:
         """A limiter is done with the store; the last one out closes it."""
+        self.draining.discard(limiter)
         self.limiters.discard(limiter)
         if not self.limiters:
             self.close()
@@ -1088,6 +1168,10 @@ class RedisStore:
         await self._aclose_this_loop()
         if not self.limiters:
             self.close()
+
+    async def close_this_loop(self) -> None:
+        """Closes this event loop's connections (it may be about to end), nothing else."""
+        await self._aclose_this_loop()
 
     async def _aclose_this_loop(self) -> None:
         key = asyncio.get_running_loop() if self._own_clients else None
@@ -1110,12 +1194,11 @@ class RedisStore:
         self.closed = True  # the keeper leaves a closed store alone (and does not trip it)
         self.generation += 1  # work the keeper started before this must not trip the breaker
         with self._lock:
-            conns, self._sync_conns = self._sync_conns, []
-            self._sync_lanes = {}
-        for pool, conn in conns:
-            pool.release(conn)
+            lanes, self._sync_lanes = self._sync_lanes, {}
+        for lane in lanes.values():
+            lane.retire()  # each gives its connection back once its flight has landed
         if self._own_clients and self._sync is not None:
-            _close_sync_client(self._sync)
+            _close_sync_client(self._sync, in_use=False)
             self._sync = None
         sides, self._loops = self._loops, {}
         if not self._own_clients:
