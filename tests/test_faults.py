@@ -382,3 +382,32 @@ def test_closed_during_an_outage_and_never_used_again(closing: str) -> None:
         wait_for(lambda: not store.draining, 30.0)  # then let go
         assert probe.peek("k").remaining == 1000 - admitted[0] - 1  # each unit once
         probe.close()
+
+
+def test_closed_during_an_outage_used_again_after_its_backlog_was_sent() -> None:
+    """A limiter closed during an outage, its backlog sent by the keeper once Redis came back,
+    then used again, then another outage. The breaker's closing had bound its methods again
+    while the backlog drained; released with them bound, its next use did not register it, the
+    store stayed closed, and in the second outage the breaker never opened."""
+    with fresh_server() as server:
+        limiter = Limiter(
+            "1000/day", algorithm="fixed_window", redis=server.url, prefix="twice:", redis_timeout=0.5
+        )
+        store = limiter._store
+        assert store is not None
+        assert limiter.hit("warm").allowed
+        server.kill()
+        wait_for(lambda: not limiter.hit("k").allowed or store.breaker.is_open, 30.0)
+        limiter.hit("k")
+        limiter.close()
+        server.revive()
+        wait_for(lambda: not store.draining, 30.0)  # sent, and let go
+        assert limiter.hit("k").allowed  # used again
+        assert limiter in store.limiters, "used again, but not registered with its store"
+        server.kill()
+        # The breaker opens: calls stop waiting on a dead server (unregistered, the closed
+        # store ignored every failure, and each call went on trying the server).
+        wait_for(lambda: limiter.hit("k") is None or store.breaker.is_open, 30.0)
+        server.revive()
+        wait_for(lambda: limiter.hit("k").allowed and not limiter.degraded, 30.0)
+        limiter.close()

@@ -310,7 +310,12 @@ class Limiter:
 
     def _bind(self, target: object) -> None:
         """Points the instance's decision methods straight at ``target`` (no Python frame in
-        between); ``reset`` and ``acquire`` stay the class's, which know about Redis."""
+        between); ``reset`` and ``acquire`` stay the class's, which know about Redis. Not while
+        the limiter is closed: its next use goes through the class's methods, which register
+        it again (a breaker closing, or a hybrid share changing, while a closed limiter's
+        backlog drained bound it, and it was then released with its methods still bound)."""
+        if self._released:
+            return
         cls = type(self)
         for hot in ("hit", "peek", "allow"):
             if getattr(cls, hot) is getattr(Limiter, hot):
