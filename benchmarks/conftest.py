@@ -114,3 +114,15 @@ def redis_url() -> Iterator[str]:
 
     with _servers.server(_servers.any_binary()) as server:
         yield server.url
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The limits library's memory storage expires its events in a timer thread that races
+    # its own callers (KeyError in limits/storage/memory.py, seen once in a smoke run, in
+    # whatever benchmark ran then). That is the peer's defect, not a wrong decision of
+    # hotlimit's: ignored, and only that one.
+    config.addinivalue_line(
+        "filterwarnings",
+        r"ignore:(?s)Exception in thread .*limits/storage/memory\.py"
+        ":pytest.PytestUnhandledThreadExceptionWarning",
+    )
