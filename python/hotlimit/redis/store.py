@@ -819,13 +819,13 @@ class RedisStore:
                     # ConnectionError in redis-py, so a hung server is not waited on twice.)
                     return once(command)
             finally:
-                if retired:
+                if retired[0]:
                     let_go()  # a caller that reached this lane after it was retired
 
-        retired: list[bool] = []
+        retired = [False]
 
         def let_go() -> None:
-            retired.append(True)
+            retired[0] = True
             if holder:
                 conn = holder.pop()
                 if self._own_clients:
@@ -912,14 +912,14 @@ class RedisStore:
             return lane.submit(_Request(keys, args, nops, frag, kfrag))
 
     def call_many(self, calls: Sequence[tuple[list[str], Args, int]]) -> list[Reply | StorageError]:
-        with EXIT_GATE:
-            return self._call_many(calls)
-
-    def _call_many(self, calls: Sequence[tuple[list[str], Args, int]]) -> list[Reply | StorageError]:
         """Several script calls (``keys``, ``args``, op count) pipelined: one round trip per
         server rather than one per call (on a cluster each call's keys share a slot, and keys
         spread over many slots made as many calls: 6 s for 20,000 keys). Each call's reply, or
         the StorageError of that call alone."""
+        with EXIT_GATE:
+            return self._call_many(calls)
+
+    def _call_many(self, calls: Sequence[tuple[list[str], Args, int]]) -> list[Reply | StorageError]:
         if not calls:
             return []
         client: Any = self._sync_client()
@@ -1072,11 +1072,11 @@ class RedisStore:
             limiter._report(error)
 
     def ping(self) -> None:
+        """Raises unless the server answers; drops connections a dead server left behind."""
         with EXIT_GATE:
             self._ping()
 
     def _ping(self) -> None:
-        """Raises unless the server answers; drops connections a dead server left behind."""
         client = self._sync_client()
         try:
             if isinstance(client, redis.RedisCluster):
@@ -1098,12 +1098,12 @@ class RedisStore:
             raise StorageError(f"redis did not answer a probe: {e}") from e
 
     def heartbeat(self, also: str | None = None) -> None:
+        """Renews this process's heartbeat under each prefix in use (and ``also``: a limiter
+        not registered yet); updates ``replicas``."""
         with EXIT_GATE:
             self._heartbeat(also)
 
     def _heartbeat(self, also: str | None = None) -> None:
-        """Renews this process's heartbeat under each prefix in use (and ``also``: a limiter
-        not registered yet); updates ``replicas``."""
         from hotlimit.redis.keeper import HEARTBEAT_LUA, HEARTBEAT_TTL_MS, MEMBER
 
         client: Any = self._sync_client()
