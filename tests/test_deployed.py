@@ -18,6 +18,7 @@ import redis
 from redis.crc import key_slot
 
 from hotlimit import InvalidArgumentError, Limiter, StorageError
+from hotlimit.redis.script import decode_state
 from tests import servers
 
 T = 2.0  # exact shared results: a loaded machine must not trip the breaker on a slow reply
@@ -744,8 +745,8 @@ def test_resharding_under_load_loses_nothing(redis_cluster: servers.Cluster, how
     probe = redis.RedisCluster.from_url(redis_cluster.url)
     stored = 0
     for k in keys:
-        raw = probe.get(limiter.redis_key(k))
-        stored += int(raw.split()[1]) if raw else 0
+        state = decode_state("fixed_window", probe.get(limiter.redis_key(k)))
+        stored += state[1] if state else 0
     probe.close()
     assert stored == sum(admitted), f"{sum(admitted)} admitted, {stored} in Redis"
 
@@ -822,7 +823,7 @@ def test_close_racing_other_threads_calls(redis_server: servers.Server) -> None:
     assert not errors, f"{len(errors)} store errors on a healthy server: {errors[:3]}"
     assert denied[0] == 0, f"{denied[0]} outage decisions on a healthy server"
     probe = redis.Redis.from_url(redis_server.url)
-    stored = [int(probe.get(lim.redis_key(f"t{n}")).split()[1]) for n in range(4)]  # type: ignore[union-attr]
+    stored = [decode_state("fixed_window", probe.get(lim.redis_key(f"t{n}")))[1] for n in range(4)]  # type: ignore[index]
     probe.close()
     assert stored == [(n + 1) * 100_000 + hits[n] for n in range(4)], (stored, hits)
     assert sum(hits) > 100, "too few calls raced the closes to test anything"

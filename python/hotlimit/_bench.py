@@ -402,6 +402,10 @@ def targets(
             from hotlimit import _bench_web
 
             out += _bench_web.targets(shared["web"])
+        if shared.get("server"):
+            from hotlimit import _bench_server
+
+            out += _bench_server.targets(shared["server"])
     return out
 
 
@@ -769,7 +773,7 @@ def run_shared(url: str, quick: bool, say: Callable[[str], None], remove: bool =
     at the end; with ``remove`` (a user's server), every key it wrote is deleted too, also
     when the run fails or is interrupted."""
     try:
-        return _run_shared(url, quick, say)
+        return _run_shared(url, quick, say, own_server=not remove)
     finally:
         close_limiters()
         if remove:
@@ -781,7 +785,7 @@ def run_shared(url: str, quick: bool, say: Callable[[str], None], remove: bool =
                 say(f"removed the benchmark's {n:,} keys ({KEY_PREFIX}*) from the server")
 
 
-def _run_shared(url: str, quick: bool, say: Callable[[str], None]) -> dict[str, Any]:
+def _run_shared(url: str, quick: bool, say: Callable[[str], None], own_server: bool = True) -> dict[str, Any]:
     say("redis: floors, hotlimit and the peers on one server ...")
     redis_results = measure_redis(url, quick)
     hybrid = shared_limiter(f"{BIG}/hour", url, "hybrid:", hybrid=True)
@@ -813,6 +817,12 @@ def _run_shared(url: str, quick: bool, say: Callable[[str], None]) -> dict[str, 
         from hotlimit import _bench_web
 
         web = _bench_web.run(url, quick, say)
+    from hotlimit import _bench_server, _servers
+
+    # The clusters are throwaway ones: only when this run started its own server, and in a full
+    # run (two clusters start and stop).
+    binary = _servers.any_binary() if own_server and not quick else None
+    server = _bench_server.run(url, quick, say, cluster_binary=binary)
     return {
         "redis": [asdict(r) for r in redis_results],
         "hybrid_ns": hy,
@@ -820,6 +830,7 @@ def _run_shared(url: str, quick: bool, say: Callable[[str], None]) -> dict[str, 
         "throughput": tput,
         "hybrid_accuracy": accuracy,
         "web": web,
+        "server": server,
     }
 
 
@@ -859,6 +870,10 @@ def format_shared(shared: dict[str, Any]) -> str:
         from hotlimit import _bench_web
 
         lines += _bench_web.format_rows(shared["web"])
+    if shared.get("server"):
+        from hotlimit import _bench_server
+
+        lines += _bench_server.format_rows(shared["server"])
     return "\n".join(lines)
 
 

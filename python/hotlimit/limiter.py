@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import struct
 import threading
 import time
 import uuid
@@ -47,7 +48,8 @@ FLUSH_KEYS = 16_384
 #: and that is sent again within this time is not applied twice.
 ONCE_TTL_MS = 600_000
 _log = logging.getLogger("hotlimit")
-_COST_1 = b"$1\r\n1\r\n"
+#: One op of the Redis script (lua/main.lua): mode, algorithm code, five doubles.
+_OP = struct.Struct("<cc5d")
 
 # Limiters built from the same URL (and timeout, and test clock) share one store, so their
 # calls coalesce into the same script calls and hit_many can span them.
@@ -200,11 +202,14 @@ class Limiter:
         self._key_head = f"{prefix}{name}:{{"
         emission = -(-rate.period_ns // rate.limit)
         capacity = self.capacity * emission if spec.burst else 0
-        self._spec: list[str | int] = [code, rate.limit, period_ms, emission, capacity]
+        # One op of the script (see lua/main.lua) is one argument: the mode, then what the script
+        # needs of this limiter, then the cost. Those of cost 1 are made once.
+        self._op_head = (code.encode(), rate.limit, period_ms, emission, capacity)
         from hotlimit.redis.store import resp
 
         self._resp = resp
-        self._frags = {mode: resp([mode, 1, *self._spec]) for mode in "hpr"}
+        self._ops = {mode: self._op_bytes(mode, 1) for mode in "hpr"}
+        self._frags = {mode: resp([op]) for mode, op in self._ops.items()}
         self._store = _store_for(target, timeout, self._clock)
 
         # Cached denials are answered natively; everything else comes back here. The front
@@ -456,11 +461,8 @@ class Limiter:
             del waiting[: len(done)]
             taken.append(len(done))
             keys = [chunk.id_key, *done, *chunk.keys]
-            args: list[str | int] = ["o", 1 + len(done), ONCE_TTL_MS, 0, 0, 0, 0, 0]
-            args += [0] * (6 * len(done))
-            args += ["c", len(chunk.items)]
-            for _, units in chunk.items:
-                args += [*self._spec, units]
+            args: list[str | int | bytes] = [f"o{1 + len(done)}", ONCE_TTL_MS, f"c{len(chunk.items)}"]
+            args += [self._op_bytes("h", units) for _, units in chunk.items]
             calls.append((keys, args, 1 + len(done) + len(chunk.items)))
         replies = self._store.call_many(calls)
         out: list[tuple[Key, int, int]] = []
@@ -619,11 +621,20 @@ class Limiter:
         if not r[at] and r[at + 3] > 0:
             self._front.record(key, cost, r[at + 1], r[at + 2], r[at + 3])
 
-    def _op(self, mode: str, key: Key, cost: int) -> tuple[list[str], list[str | int], bytes, bytes]:
-        frag = self._frags[mode] + (_COST_1 if cost == 1 else self._resp([cost]))
+    def _op(self, mode: str, key: Key, cost: int) -> tuple[list[str], list[str | int | bytes], bytes, bytes]:
+        if cost == 1:
+            op, frag = self._ops[mode], self._frags[mode]
+        else:
+            op = self._op_bytes(mode, cost)
+            frag = self._resp([op])
         rk = self.redis_key(key)
         kb = rk.encode()
-        return [rk], [mode, 1, *self._spec, cost], frag, b"$%d\r\n%s\r\n" % (len(kb), kb)
+        return [rk], [op], frag, b"$%d\r\n%s\r\n" % (len(kb), kb)
+
+    def _op_bytes(self, mode: str, cost: int) -> bytes:
+        """One op of the script: mode, algorithm code, limit, period (ms), emission interval
+        (ns), capacity (ns), cost, packed as lua/main.lua unpacks them."""
+        return _OP.pack(mode.encode(), *self._op_head, cost)
 
     def _redis_hit(self, key: Key, cost: object, mode: str) -> Decision:
         # The native front has already looked in the deny cache (see _init_redis).
@@ -1244,12 +1255,11 @@ def hit_many(requests: Iterable[tuple[Limiter, Key] | tuple[Limiter, Key, int]])
     return [out[i] for i in where]
 
 
-def _shared_call(items: list[_Item]) -> tuple[RedisStore, list[str], list[str | int]]:
+def _shared_call(items: list[_Item]) -> tuple[RedisStore, list[str], list[str | int | bytes]]:
     """The store, keys and arguments of one all-or-nothing script call over ``items``."""
     keys = [lim.redis_key(k) for lim, k, _ in items]
-    args: list[str | int] = ["a", len(items)]
-    for lim, _, c in items:
-        args += [*lim._spec, c]
+    args: list[str | int | bytes] = [f"a{len(items)}"]
+    args += [lim._op_bytes("h", c) for lim, _, c in items]
     store = items[0][0]._store
     assert store is not None
     return store, keys, args

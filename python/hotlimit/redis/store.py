@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisStore"]
 
-Args = list[str | int]
+Args = list[str | int | bytes]
 Reply = list[int]
 
 #: Requests sent in one script call at most; the rest go in the next flight.

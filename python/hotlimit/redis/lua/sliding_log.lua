@@ -4,28 +4,27 @@
 -- when the base moves. The base moves forward once offsets pass REBASE_NS, which keeps every
 -- score (at most REBASE_NS + one period) exact in a double.
 
--- In: key, t, cost, commit, force; reads limit and period_ms. Out: allowed, remaining, reset,
--- retry.
+-- In: key, the time, the op's values, cost, commit, force; reads limit and period_ms.
+-- Out: allowed, remaining, reset, retry.
 do
-  local limit, period_ms = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local REBASE_NS = 2 ^ 48 -- about 3.3 days
   local period = period_ms * NS_PER_MS
   local head = redis.call('ZRANGE', key, 0, 0)
-  local base = t.s
+  local base = ts
   if head[1] then
     base = tonumber(string.sub(head[1], 3))
   end
-  local now = (t.s - base) * NS_PER_S + t.n
+  local now = (ts - base) * NS_PER_S + tn
   if now > REBASE_NS then
-    local delta = (t.s - base) * NS_PER_S
+    local delta = (ts - base) * NS_PER_S
     local all = redis.call('ZRANGE', key, 1, -1, 'WITHSCORES')
     redis.call('ZREM', key, head[1])
-    redis.call('ZADD', key, '-inf', 'b:' .. int(t.s))
+    redis.call('ZADD', key, '-inf', 'b:' .. int(ts))
     for i = 1, #all, 2 do
       redis.call('ZADD', key, int(tonumber(all[i + 1]) - delta), all[i])
     end
-    base = t.s
-    now = t.n
+    base = ts
+    now = tn
   end
   local newest = nil
   local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')

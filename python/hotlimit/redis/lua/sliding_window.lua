@@ -1,20 +1,19 @@
--- Sliding window counter. State: "<window number> <previous count> <current count>".
+-- Sliding window counter. State: struct '<ddd': window number, previous count, current count.
+-- The key's TTL runs to the end of the window after the stored one: set by the window's first
+-- write, kept by the others.
 -- The previous window counts with weight (period - elapsed) / period, elapsed in whole
 -- milliseconds; compared in integers: prev * (P - e) <= (limit - used) * P.
--- In: key, t, cost, commit, force; reads limit and period_ms. Out: allowed, remaining, reset,
--- retry.
+-- In: key, the time, the op's values, cost, commit, force; reads limit and period_ms.
+-- Out: allowed, remaining, reset, retry.
 do
-  local limit, period_ms = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  local window = idiv(t.ms, period_ms)
-  local elapsed = t.ms - window * period_ms
-  local sub = t.sub
+  local window = idiv(tms, period_ms)
+  local elapsed = tms - window * period_ms
+  local sub = tsub
   local prev, curr = 0, 0
+  local same = false
   local raw = redis.call('GET', key)
-  if raw then
-    local a = string.find(raw, ' ', 1, true)
-    local b = string.find(raw, ' ', a + 1, true)
-    local w = tonumber(string.sub(raw, 1, a - 1))
-    local p, c = tonumber(string.sub(raw, a + 1, b - 1)), tonumber(string.sub(raw, b + 1))
+  if raw and #raw == 24 then
+    local w, p, c = struct.unpack('<ddd', raw)
     if (p > 0 or c > 0) and w == window + 1 then
       window = window + 1
       elapsed = 0
@@ -22,6 +21,7 @@ do
     end
     if w == window then
       prev, curr = p, c
+      same = true
     elseif w == window - 1 then
       prev = c
     end
@@ -32,8 +32,12 @@ do
   local used = curr + cost
   if (used <= limit and weighted <= (limit - used) * period_ms) or force then
     if commit then
-      redis.call('PSETEX', key, ttl_extra + idiv(2 * period - into + NS_PER_MS - 1, NS_PER_MS),
-        int(window) .. ' ' .. int(prev) .. ' ' .. int(used))
+      if same then
+        redis.call('SET', key, struct.pack('<ddd', window, prev, used), 'KEEPTTL')
+      else
+        redis.call('SET', key, struct.pack('<ddd', window, prev, used), 'PX',
+          ttl_extra + idiv(2 * period - into + NS_PER_MS - 1, NS_PER_MS))
+      end
     end
     allowed, retry = 1, 0
   else

@@ -1,25 +1,41 @@
--- Token bucket as GCRA. State: "<base second> <TAT in ns after the base second>".
--- In: key, t, cost, commit, force; reads emission (T) and capacity (burst * T), in ns.
--- Out: allowed, remaining, reset, retry. Times are ns after the current second t.s.
+-- Token bucket as GCRA. State: struct '<ddd': a base second, the TAT in ns after it, and the
+-- millisecond (on the script's clock) the key's TTL runs to. A write keeps that TTL while it
+-- covers the new TAT, and otherwise sets it a quarter of the capacity past the TAT, so a key
+-- hit at its rate pays for a TTL once every burst / 4 hits, not on each.
+-- In: key, the time, the op's values, cost, commit, force; reads emission (T) and capacity
+-- (burst * T), in ns. Out: allowed, remaining, reset, retry, in ns after the current second.
 do
-  local emission, capacity = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
-  local tat = t.n
+  local tat = tn
+  local expires = -1
   local raw = redis.call('GET', key)
-  if raw then
-    local sp = string.find(raw, ' ', 1, true)
-    local stored = tonumber(string.sub(raw, sp + 1)) - (t.s - tonumber(string.sub(raw, 1, sp - 1))) * NS_PER_S
-    if stored > tat then
-      tat = stored
+  if raw and #raw == 24 then
+    local base, stored, until_ms = struct.unpack('<ddd', raw)
+    -- A base second no write of this key can have made (an hour ahead, beyond any TTL behind,
+    -- not a number) is not hotlimit's state: the key starts afresh.
+    if base <= ts + 3600 and base >= ts - 20000000 then
+      stored = stored - (ts - base) * NS_PER_S
+      if stored > tat then
+        tat = stored
+      end
+      expires = until_ms
     end
   end
   -- Compared as (TAT - now) against capacity - cost * T rather than forming TAT + cost * T:
   -- that sum can pass 2^53 for the longest periods, these terms never do.
-  local waited = tat - t.n
+  local waited = tat - tn
   local room = capacity - cost * emission
   if waited <= room or force then
     local after = waited + cost * emission
     if commit then
-      redis.call('PSETEX', key, ttl_extra + idiv(after + NS_PER_MS - 1, NS_PER_MS), int(t.s) .. ' ' .. int(t.n + after))
+      -- The first whole ms at or after the TAT, and one more for the clocks' rounding.
+      local needed = tms + idiv(tsub + after + NS_PER_MS - 1, NS_PER_MS) + 1
+      if needed <= expires then
+        redis.call('SET', key, struct.pack('<ddd', ts, tn + after, expires), 'KEEPTTL')
+      else
+        local until_ms = needed + idiv(capacity, 4 * NS_PER_MS)
+        local value = struct.pack('<ddd', ts, tn + after, until_ms)
+        redis.call('SET', key, value, 'PX', until_ms - tms + ttl_extra)
+      end
     end
     allowed, remaining, reset, retry = 1, 0, after, 0
     if capacity > after then
